@@ -1,0 +1,209 @@
+"""The `aml-event-worker` command line (DESIGN §6).
+
+stdout carries only a command's own output (a plan with `--output -`, a summary line, an
+explanation); logs, errors and warnings go to stderr. Exit codes: 0 done, 1 the input (rules
+file, event file) is invalid or the command could not run, 2 the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from worker import __version__
+
+__all__ = ["main"]
+
+
+class _Fail(Exception):
+    """A command could not run; the message is printed as is, exit code attached."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aml-event-worker",
+        description="Turn Azure Machine Learning events (Event Grid → Event Hubs) into actions.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser(
+        "check-rules", help="validate a rules file", description="Validate a rules file."
+    )
+    check.add_argument("file", metavar="FILE")
+    check.add_argument(
+        "--allow-missing-secrets",
+        action="store_true",
+        help="report ${NAME} secrets missing from the environment as warnings (for CI)",
+    )
+
+    explain = commands.add_parser(
+        "explain",
+        help="show which rules match an event and why",
+        description="For each rule: matched or not, and why each filter clause passed or failed.",
+    )
+    explain.add_argument("event_file", metavar="EVENT_JSON_FILE")
+    explain.add_argument("--rules", metavar="FILE", help="rules file (default $AML_WORKER_RULES)")
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay recorded events through the rules",
+        description="Replay message bodies through the pipeline; --dry-run writes the plan.",
+    )
+    replay.add_argument("--rules", metavar="FILE", help="rules file (default $AML_WORKER_RULES)")
+    replay.add_argument(
+        "--source",
+        required=True,
+        metavar="SOURCE",
+        help="file:PATH (JSON lines, one Event Hubs message body per line)",
+    )
+    replay.add_argument("--dry-run", action="store_true", help="write the plan, run nothing")
+    replay.add_argument(
+        "--output", default="-", metavar="PLAN", help="plan file (JSON lines); - for stdout"
+    )
+    replay.add_argument("--summary-json", metavar="PATH", help="also write the counts as JSON")
+    replay.add_argument(
+        "--dead-letter",
+        metavar="PATH",
+        help="invalid bodies and render errors (default <output>.deadletter.jsonl)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from worker import logs
+
+    logs.configure(
+        os.environ.get("AML_WORKER_LOG_LEVEL", "info"),
+        os.environ.get("AML_WORKER_LOG_FORMAT") or None,
+    )
+    handler = {"check-rules": _check_rules, "explain": _explain, "replay": _replay}
+    try:
+        return handler[args.command](args)
+    except _Fail as exc:
+        print(f"aml-event-worker {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _load(path: str | None, *, secrets: str) -> Any:
+    from worker.errors import RulesError
+    from worker.rules import load_rules
+
+    path = path or os.environ.get("AML_WORKER_RULES")
+    if not path:
+        raise _Fail("no rules file: pass --rules FILE or set AML_WORKER_RULES", 2)
+    try:
+        ruleset = load_rules(path, secrets=secrets)
+    except RulesError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        count = len(exc.problems)
+        raise _Fail(f"{path}: {count} error{'s' if count != 1 else ''}; nothing done") from None
+    for warning in ruleset.warnings:
+        print(
+            f"{warning.file}:{warning.line}:{warning.column}: warning: {warning.message}",
+            file=sys.stderr,
+        )
+    return ruleset
+
+
+def _check_rules(args: argparse.Namespace) -> int:
+    mode = "warn" if args.allow_missing_secrets else "require"
+    ruleset = _load(args.file, secrets=mode)
+    actions = [a for r in ruleset.rules for a in r.actions]
+    types = ", ".join(sorted({a.type for a in actions})) or "none"
+    print(
+        f"{args.file}: OK: {len(ruleset.rules)} rule{'s' if len(ruleset.rules) != 1 else ''}, "
+        f"{len(actions)} action{'s' if len(actions) != 1 else ''} ({types}), "
+        f"{len(ruleset.topics)} topic{'s' if len(ruleset.topics) != 1 else ''}, "
+        f"{len(ruleset.warnings)} warning{'s' if len(ruleset.warnings) != 1 else ''}"
+    )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from worker.explain import explain_events, render_text
+
+    ruleset = _load(args.rules, secrets="ignore")
+    try:
+        body = Path(args.event_file).read_bytes()
+    except OSError as exc:
+        raise _Fail(f"cannot read {args.event_file}: {exc.strerror or exc}") from None
+    report, rejections = explain_events(ruleset, body)
+    for rejection in rejections:
+        print(f"{args.event_file}: {rejection.describe()}", file=sys.stderr)
+    if not report:
+        raise _Fail(f"{args.event_file} holds no event to explain")
+    if args.json:
+        json.dump(report if len(report) > 1 else report[0], sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(report))
+    return 0
+
+
+@contextlib.contextmanager
+def _open_out(path: str) -> Iterator[IO[str]]:
+    if path == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    try:
+        handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise _Fail(f"cannot write {path}: {exc.strerror or exc}") from None
+    with handle:
+        yield handle
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from worker.errors import SourceError
+    from worker.replay import dry_run
+    from worker.source import read_jsonl
+
+    kind, _, location = args.source.partition(":")
+    if kind != "file" or not location:
+        raise _Fail(
+            f"unsupported --source {args.source!r}: this version replays file:PATH "
+            "(JSON lines); Event Hubs and Capture sources come with the consumer",
+            2,
+        )
+    if not args.dry_run:
+        raise _Fail("replay from a file runs with --dry-run only in this version", 2)
+    ruleset = _load(args.rules, secrets="ignore")
+    if not Path(location).is_file():
+        raise _Fail(f"source file {location} not found")
+    dead_letter = args.dead_letter or (
+        "deadletter.jsonl" if args.output == "-" else f"{args.output}.deadletter.jsonl"
+    )
+    try:
+        with _open_out(args.output) as plan, _open_out(dead_letter) as dead:
+            summary = dry_run(ruleset, read_jsonl(location), plan, dead)
+    except SourceError as exc:
+        raise _Fail(str(exc)) from None
+    counts = summary.as_dict()
+    print(
+        "replay summary: " + " ".join(f"{name}={value}" for name, value in counts.items()),
+        file=sys.stderr,
+    )
+    if counts["invalid"] or counts["render_errors"]:
+        print(f"dead letters written to {dead_letter}", file=sys.stderr)
+    if args.summary_json:
+        with _open_out(args.summary_json) as handle:
+            json.dump(counts, handle, indent=2)
+            handle.write("\n")
+    return 0

@@ -1,0 +1,70 @@
+"""The worker's exception hierarchy.
+
+    WorkerError            (retryable: bool)
+    ├── RulesError         a rules file is invalid: every problem, each located
+    ├── ConfigError        a setting is invalid
+    ├── SourceError        an event source cannot be read
+    ├── CheckpointError    checkpoints or state cannot be read or written
+    └── ActionError        an action failed (retryable says whether to try again)
+
+Bad input *data* is never an exception: a body that is not an event is a
+`worker.events.Rejection` and a template that cannot be rendered is a `RenderError` value,
+because both are normal outcomes of a stream, not failures of the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "ActionError",
+    "CheckpointError",
+    "ConfigError",
+    "Problem",
+    "RulesError",
+    "SourceError",
+    "WorkerError",
+]
+
+
+class WorkerError(Exception):
+    retryable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One located message about a rules file (an error or a warning)."""
+
+    file: str
+    line: int  # 1-based
+    column: int  # 1-based
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}: {self.message}"
+
+
+class RulesError(WorkerError):
+    """A rules file is invalid; `problems` holds every error found, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class ConfigError(WorkerError):
+    pass
+
+
+class SourceError(WorkerError):
+    retryable = True
+
+
+class CheckpointError(WorkerError):
+    retryable = True
+
+
+class ActionError(WorkerError):
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable

@@ -1,0 +1,54 @@
+"""structlog set-up: the one place that touches global logging state (DESIGN §6).
+
+Logs go to stderr, JSON lines when stderr is not a terminal (containers) and a readable
+console otherwise; stdout is left to each command's own output.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+
+__all__ = ["configure", "redact"]
+
+_SECRET_WORDS = ("password", "secret", "token", "key", "connection_string", "sas", "signature")
+_NOT_SECRET = frozenset({"idempotency_key", "partition_key", "key"})
+MASK = "***"
+
+
+def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Mask values of fields whose names say they are secrets (before any renderer)."""
+    for name in list(event_dict):
+        lowered = name.lower()
+        if lowered in _NOT_SECRET:
+            continue
+        if any(word in lowered for word in _SECRET_WORDS) and event_dict[name] is not None:
+            event_dict[name] = MASK
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str | None = None) -> None:
+    if fmt is None:
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

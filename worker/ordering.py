@@ -1,0 +1,327 @@
+"""Per-partition deduplication and reordering (DESIGN §4), pure and deterministic.
+
+Event Grid delivers at least once and in no particular order, so a partition's events pass
+through one `Sequencer`: duplicates (same topic and id within the dedupe window) are dropped,
+the rest wait until the watermark (greatest event time seen - grace) passes them and then
+come out in per-object sequencer order; an event not newer than the last one released for
+the same object and type is stale.
+
+All windows are measured in *event time* against the greatest event time seen, never against
+a clock, so replaying the same input gives the same output. The one wall-clock input, `now`
+(used by `run` so a quiet partition does not sit on its last events), is passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import zlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import total_ordering
+from typing import Any
+
+from worker.events import Event, Origin, lookup_key, restore_event, ticks_of
+
+__all__ = ["OrderingConfig", "Released", "Sequencer", "sequencer_key"]
+
+TICKS_PER_SECOND = 10_000_000
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OrderingConfig:
+    grace_s: float = 5.0
+    max_skew_s: float = 300.0
+    dedupe_window_s: float = 86_400.0
+    max_ids: int = 1_000_000
+
+    @property
+    def grace_ticks(self) -> int:
+        return round(self.grace_s * TICKS_PER_SECOND)
+
+    @property
+    def max_skew_ticks(self) -> int:
+        return round(self.max_skew_s * TICKS_PER_SECOND)
+
+    @property
+    def window_ticks(self) -> int:
+        return round(self.dedupe_window_s * TICKS_PER_SECOND)
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """An event leaving the reorder buffer; `late` = stale (DESIGN §4)."""
+
+    event: Event
+    late: bool
+
+
+@total_ordering
+class _Padded:
+    """A `data.sequencer` string, compared left-padded with '0' to equal length."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _pair(self, other: _Padded) -> tuple[str, str]:
+        width = max(len(self.text), len(other.text))
+        return self.text.rjust(width, "0"), other.text.rjust(width, "0")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Padded):
+            return NotImplemented
+        a, b = self._pair(other)
+        return a == b
+
+    def __lt__(self, other: _Padded) -> bool:
+        a, b = self._pair(other)
+        return a < b
+
+    def __hash__(self) -> int:
+        return hash(self.text.lstrip("0"))
+
+
+SeqKey = tuple[int, Any]  # (0, time ticks) or (1, _Padded): kinds never interleave
+
+
+def sequencer_key(event: Event) -> SeqKey:
+    """`data.sequencer` when present, else the event time (DESIGN §4)."""
+    if isinstance(event.data, dict):
+        sequencer = lookup_key(event.data, "sequencer")
+        if isinstance(sequencer, str | int) and not isinstance(sequencer, bool):
+            return (1, _Padded(str(sequencer)))
+    return (0, event.time_ticks)
+
+
+def _dump_key(key: SeqKey) -> list[Any]:
+    return [key[0], key[1].text if key[0] == 1 else key[1]]
+
+
+def _load_key(raw: list[Any]) -> SeqKey:
+    return (1, _Padded(raw[1])) if raw[0] == 1 else (0, int(raw[1]))
+
+
+@dataclass(slots=True)
+class _Held:
+    effective: int
+    arrival: int
+    event: Event
+    arrived_at: int | None  # wall clock (ticks) when it arrived, if known
+    released: bool = field(default=False)
+
+    def __lt__(self, other: _Held) -> bool:
+        return (self.effective, self.arrival) < (other.effective, other.arrival)
+
+
+class Sequencer:
+    """Dedupe and reorder state of one partition. Not thread-safe; one per partition."""
+
+    def __init__(self, config: OrderingConfig) -> None:
+        self.config = config
+        self._grace = config.grace_ticks
+        self._window = config.window_ticks
+        self._skew = config.max_skew_ticks
+        self.max_time: int | None = None
+        self._seen: dict[tuple[str, str], int] = {}  # (topic key, id) → effective time
+        self._last: dict[tuple[str, str, str], tuple[SeqKey, int]] = {}
+        self._heap: list[_Held] = []
+        self._arrivals: deque[_Held] = deque()
+        self._counter = 0
+
+    # --- inputs -------------------------------------------------------------------------
+
+    def effective_time(self, event: Event) -> int:
+        """Event time, clamped to the enqueued time when it is implausibly far ahead."""
+        ticks = event.time_ticks
+        enqueued = event.origin.enqueued_time
+        if enqueued is not None:
+            enqueued_ticks = ticks_of(enqueued)
+            if ticks > enqueued_ticks + self._skew:
+                return enqueued_ticks
+        return ticks
+
+    def is_duplicate(self, event: Event) -> bool:
+        seen = self._seen.get((event.topic_key, event.id))
+        return seen is not None and (self.max_time is None or seen >= self._cutoff())
+
+    def push(self, event: Event, now: datetime | None = None) -> tuple[bool, list[Released]]:
+        """Offer one decoded event: (is it a duplicate?, events released by its arrival)."""
+        if self.is_duplicate(event):
+            return True, []
+        effective = self.effective_time(event)
+        key = (event.topic_key, event.id)
+        self._seen.pop(key, None)
+        self._seen[key] = effective
+        if self.max_time is None or effective > self.max_time:
+            self.max_time = effective
+        self._forget()
+        held = _Held(effective, self._counter, event, ticks_of(now) if now else None)
+        self._counter += 1
+        heapq.heappush(self._heap, held)
+        if held.arrived_at is not None:
+            self._arrivals.append(held)
+        return False, self._release_until(self.max_time - self._grace)
+
+    def release_waited(self, now: datetime) -> list[Released]:
+        """Release what has waited `grace` of wall-clock time (a quiet partition, DESIGN §4)."""
+        limit = ticks_of(now) - self._grace
+        threshold: int | None = None
+        while self._arrivals and self._arrivals[0].arrived_at <= limit:  # type: ignore[operator]
+            held = self._arrivals.popleft()
+            if not held.released and (threshold is None or held.effective > threshold):
+                threshold = held.effective
+        return [] if threshold is None else self._release_until(threshold)
+
+    def flush(self) -> list[Released]:
+        """Release everything held, in order: the end of a finite source."""
+        if not self._heap:
+            return []
+        return self._release_until(max(h.effective for h in self._heap))
+
+    # --- introspection ------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        return len(self._heap)
+
+    def held_events(self) -> list[Event]:
+        return [h.event for h in sorted(self._heap)]
+
+    @property
+    def remembered_ids(self) -> int:
+        return len(self._seen)
+
+    @property
+    def remembered_objects(self) -> int:
+        return len(self._last)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _cutoff(self) -> int:
+        assert self.max_time is not None
+        return self.max_time - self._window
+
+    def _forget(self) -> None:
+        """Drop ids and last sequencers older than the window; cap ids at max_ids.
+
+        Both dicts are in (roughly) time order because entries move to the end when
+        written, so purging from the front is amortised O(1) per event.
+        """
+        cutoff = self._cutoff()
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest] >= cutoff and len(seen) <= self.config.max_ids:
+                break
+            del seen[oldest]
+        last = self._last
+        while last:
+            oldest_obj = next(iter(last))
+            if last[oldest_obj][1] >= cutoff:
+                break
+            del last[oldest_obj]
+
+    def _release_until(self, watermark: int) -> list[Released]:
+        batch: list[_Held] = []
+        heap = self._heap
+        while heap and heap[0].effective <= watermark:
+            held = heapq.heappop(heap)
+            held.released = True
+            batch.append(held)
+        if not batch:
+            return []
+        return [self._judge(event) for event in _per_object_order(batch)]
+
+    def _judge(self, event: Event) -> Released:
+        seq = sequencer_key(event)
+        slot = (event.topic_key, event.subject, event.type.casefold())
+        previous = self._last.get(slot)
+        if previous is not None and not previous[0] < seq:
+            return Released(event, late=True)
+        self._last.pop(slot, None)
+        self._last[slot] = (seq, self.effective_time(event))
+        return Released(event, late=False)
+
+    # --- persistence --------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """Versioned, compressed snapshot: remembered ids, last sequencers, held events."""
+        state = {
+            "version": STATE_VERSION,
+            "max_time": self.max_time,
+            "counter": self._counter,
+            "seen": [[t, i, ticks] for (t, i), ticks in self._seen.items()],
+            "last": [
+                [t, s, ty, _dump_key(k), ticks] for (t, s, ty), (k, ticks) in self._last.items()
+            ],
+            "held": [
+                {
+                    "raw": h.event.raw,
+                    "ticks": h.event.time_ticks,
+                    "origin": h.event.origin.as_dict(),
+                    "arrival": h.arrival,
+                }
+                for h in sorted(self._heap)
+            ],
+        }
+        return zlib.compress(json.dumps(state, separators=(",", ":")).encode("utf-8"))
+
+    @classmethod
+    def from_bytes(cls, config: OrderingConfig, data: bytes) -> Sequencer:
+        state = json.loads(zlib.decompress(data))
+        version = state.get("version")
+        if not isinstance(version, int) or version > STATE_VERSION:
+            raise ValueError(
+                f"partition state has format version {version!r}; this worker "
+                f"reads versions up to {STATE_VERSION}: upgrade the worker"
+            )
+        sequencer = cls(config)
+        sequencer.max_time = state["max_time"]
+        sequencer._counter = state["counter"]
+        sequencer._seen = {(t, i): ticks for t, i, ticks in state["seen"]}
+        sequencer._last = {
+            (t, s, ty): (_load_key(k), ticks) for t, s, ty, k, ticks in state["last"]
+        }
+        for item in state["held"]:
+            origin = _origin_from(item["origin"])
+            event = restore_event(item["raw"], origin, item["ticks"])
+            held = _Held(sequencer.effective_time(event), item["arrival"], event, None)
+            heapq.heappush(sequencer._heap, held)
+        return sequencer
+
+
+def _origin_from(raw: dict[str, Any]) -> Origin:
+    enqueued = raw.get("enqueued_time")
+    return Origin(
+        partition_id=raw.get("partition_id") or "",
+        offset=raw.get("offset"),
+        sequence_number=raw.get("sequence_number"),
+        enqueued_time=datetime.fromisoformat(enqueued) if enqueued else None,
+        line=raw.get("line"),
+    )
+
+
+def _per_object_order(batch: list[_Held]) -> Iterable[Event]:
+    """Keep the batch's time order across objects, but each object's slots in sequencer order.
+
+    With the event time as sequencer this is the identity; with `data.sequencer` it fixes
+    objects whose times and sequencers disagree without reshuffling unrelated objects.
+    """
+    slots: dict[tuple[str, str], list[int]] = {}
+    for position, held in enumerate(batch):
+        slots.setdefault(held.event.object_key, []).append(position)
+    result: list[Event] = [held.event for held in batch]
+    for positions in slots.values():
+        if len(positions) < 2:
+            continue
+        members = sorted(
+            (batch[p] for p in positions), key=lambda h: (sequencer_key(h.event), h.arrival)
+        )
+        for position, held in zip(positions, members, strict=True):
+            result[position] = held.event
+    return result

@@ -1,0 +1,140 @@
+"""From a matched event to the actions it should cause: keys, throttling, rendering.
+
+Everything an executor needs is decided here, before any I/O, so a dry run and a live run
+make the same decisions and a backfill reproduces the live worker's idempotency keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from worker.events import Event, iso_ticks
+from worker.ordering import TICKS_PER_SECOND
+from worker.rules import Action, Rule, ThrottlePer
+from worker.templates import RenderError, mask, render_params, template_context
+
+__all__ = ["PlannedAction", "RenderFailure", "Throttler", "idempotency_key", "plan_rule"]
+
+
+def idempotency_key(topic: str, event_id: str, rule: str, action: str) -> str:
+    """DESIGN §5: first 32 hex digits of SHA-256 over topic (case-folded), id, rule, action.
+
+    Stable across versions and replicas; backfills rely on reproducing it exactly.
+    """
+    material = f"{topic.casefold()}\n{event_id}\n{rule}\n{action}".encode()
+    return hashlib.sha256(material).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedAction:
+    """One action that should run. `params` are rendered, with secrets still as markers."""
+
+    rule: str
+    action: Action
+    event: Event
+    key: str
+    params: Any
+
+    @property
+    def late(self) -> bool:
+        return self.event.late
+
+    def plan_line(self) -> dict[str, Any]:
+        """The dry-run plan's JSON object (DESIGN §6); secrets masked as `***`."""
+        event = self.event
+        return {
+            "rule": self.rule,
+            "action": self.action.type,
+            "action_index": self.action.index,
+            "action_id": self.action.id,
+            "event_id": event.id,
+            "event_type": event.type,
+            "subject": event.subject,
+            "topic": event.topic,
+            "event_time": iso_ticks(event.time_ticks),
+            "idempotency_key": self.key,
+            "late": event.late,
+            "params": mask(self.params),
+            "source": event.origin.as_dict(),
+        }
+
+    def __repr__(self) -> str:
+        return f"PlannedAction(rule={self.rule!r}, action={self.action.type!r}, key={self.key!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderFailure:
+    """A template that could not be rendered for this event: dead-lettered, never a crash."""
+
+    rule: str
+    action: Action
+    event: Event
+    key: str
+    error: str
+
+    def dead_letter(self) -> dict[str, Any]:
+        return {
+            "kind": "render_error",
+            "reason": f"rule '{self.rule}' action {self.action.index} ({self.action.type}): "
+            f"{self.error}",
+            "rule": self.rule,
+            "action": self.action.type,
+            "action_index": self.action.index,
+            "action_id": self.action.id,
+            "idempotency_key": self.key,
+            "event_id": self.event.id,
+            "event_type": self.event.type,
+            "subject": self.event.subject,
+            "source": self.event.origin.as_dict(),
+            "event": self.event.as_received(),
+        }
+
+
+class Throttler:
+    """`throttle: {per, at_most, every}` on event time, so replays decide the same.
+
+    A rule firing is admitted if fewer than `at_most` firings of the same rule (or rule and
+    object) happened in the `every` before it; windows forget what is older than `every`.
+    """
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, ...], deque[int]] = {}
+
+    def admit(self, rule: Rule, event: Event) -> bool:
+        throttle = rule.throttle
+        if throttle is None:
+            return True
+        key: tuple[str, ...] = (rule.name,)
+        if throttle.per is ThrottlePer.OBJECT:
+            key = (rule.name, *event.object_key)
+        window = self._windows.setdefault(key, deque())
+        now = event.time_ticks
+        horizon = now - round(throttle.every_s * TICKS_PER_SECOND)
+        while window and window[0] <= horizon:
+            window.popleft()
+        recent = sum(1 for t in window if t <= now)
+        if recent >= throttle.at_most:
+            return False
+        window.append(now)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
+def plan_rule(rule: Rule, event: Event) -> list[PlannedAction | RenderFailure]:
+    """Render every action of one rule for one (already admitted) event."""
+    context = template_context(event, rule.name)
+    results: list[PlannedAction | RenderFailure] = []
+    for action in rule.actions:
+        key = idempotency_key(event.topic, event.id, rule.name, action.key_part)
+        try:
+            params = render_params(action.params, context)
+        except RenderError as exc:
+            results.append(RenderFailure(rule.name, action, event, key, str(exc)))
+            continue
+        results.append(PlannedAction(rule.name, action, event, key, params))
+    return results

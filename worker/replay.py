@@ -1,0 +1,73 @@
+"""Dry-run replay of a JSON-lines file: the plan of DESIGN §6 without touching anything.
+
+The file is one partition and its lines are arrival order. Output is deterministic: the
+same input and rules always give a byte-identical plan.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable
+from typing import IO, Any
+
+import structlog
+
+from worker.events import Origin, Rejection
+from worker.pipeline import PartitionPipeline, Step, Summary
+from worker.rules import RuleSet
+
+__all__ = ["dead_letter_for_rejection", "dry_run"]
+
+log = structlog.get_logger(__name__)
+
+
+def _json_line(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+
+
+def dead_letter_for_rejection(rejection: Rejection) -> dict[str, Any]:
+    """A rejected body as a dead-letter record, its bytes kept exactly (text or base64)."""
+    record: dict[str, Any] = {
+        "kind": "invalid_body",
+        "reason": rejection.reason,
+        "source": rejection.origin.as_dict(),
+        "index": rejection.index,
+    }
+    try:
+        record["body"] = rejection.body.decode("utf-8")
+    except UnicodeDecodeError:
+        record["body_base64"] = base64.b64encode(rejection.body).decode("ascii")
+    return record
+
+
+def dry_run(
+    ruleset: RuleSet,
+    messages: Iterable[tuple[bytes, Origin]],
+    plan: IO[str],
+    dead_letters: IO[str],
+) -> Summary:
+    """Run messages through one partition pipeline, writing plan lines and dead letters."""
+    pipeline = PartitionPipeline(ruleset)
+
+    def write(step: Step) -> None:
+        for rejection in step.rejections:
+            log.warning("invalid_body", where=rejection.describe())
+            dead_letters.write(_json_line(dead_letter_for_rejection(rejection)))
+        for decision in step.decisions:
+            for action in decision.actions:
+                plan.write(_json_line(action.plan_line()))
+            for failure in decision.failures:
+                log.warning(
+                    "render_error",
+                    rule=failure.rule,
+                    event_id=failure.event.id,
+                    subject=failure.event.subject,
+                    error=failure.error,
+                )
+                dead_letters.write(_json_line(failure.dead_letter()))
+
+    for body, origin in messages:
+        write(pipeline.feed(body, origin))
+    write(pipeline.finish())
+    return pipeline.summary
