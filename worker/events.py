@@ -235,7 +235,8 @@ def decode_body(
     try:
         text = raw_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return [], [Rejection(f"body is not UTF-8 ({exc.reason} at byte {exc.start})", origin)]
+        reason = f"body is not UTF-8 ({exc.reason} at byte {exc.start})"
+        return [], [Rejection(reason, origin, body=raw_bytes)]
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:

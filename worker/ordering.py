@@ -238,6 +238,14 @@ class Sequencer:
         return [self._judge(event) for event in _per_object_order(batch)]
 
     def _judge(self, event: Event) -> Released:
+        """Stale = not newer than the last released event of its object and type.
+
+        An event older than the dedupe window is stale too: its id and its object's last
+        sequencer may already be forgotten, so it could be a redelivery we can no longer
+        recognise, and repeating an action is worse than flagging it late.
+        """
+        if self.max_time is not None and self.effective_time(event) < self._cutoff():
+            return Released(event, late=True)
         seq = sequencer_key(event)
         slot = (event.topic_key, event.subject, event.type.casefold())
         previous = self._last.get(slot)

@@ -98,6 +98,7 @@ class Action:
     retry: Retry = field(default_factory=Retry)
     concurrency: int | None = None
     line: int = 0
+    files: Mapping[str, str] = field(default_factory=dict)  # path params, resolved
 
     @property
     def key_part(self) -> str:
@@ -831,11 +832,16 @@ class _Checker:
                     if key not in node:
                         self.error(pos, f"{action_type} action needs '{key}' with {groups}")
         params: dict[str, Any] = {}
+        files: dict[str, str] = {}
         for key, kind in spec.params.items():
             if key in node:
                 value = self.param(node, key, kind)
-                if value is not None:
-                    params[key] = value
+                if value is None:
+                    continue
+                if kind is Kind.PATH:
+                    files[key] = value
+                    value = str(node[key])  # the plan shows the path as written
+                params[key] = value
         action_id = node.get("id")
         if action_id is not None and (
             not isinstance(action_id, str) or not _ACTION_ID_RE.match(action_id)
@@ -853,6 +859,7 @@ class _Checker:
             retry=self.retry(node),
             concurrency=self.positive_int(node, "concurrency", None),
             line=pos[0] + 1,
+            files=files,
         )
         self.check_secrets(node, action)
         return action
