@@ -18,9 +18,10 @@ test: lint
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/aml-event-worker replay --rules examples/rules.yaml \
-		--source file:examples/stream.jsonl --dry-run --output - \
-		--dead-letter $(VENV)/demo.deadletter.jsonl
+	@mkdir -p .demo
+	AML_WORKER_LOG_FORMAT=console $(VENV)/bin/aml-event-worker replay \
+		--rules examples/rules.yaml --source file:examples/stream.jsonl --dry-run \
+		--output - --summary-json .demo/summary.json --dead-letter .demo/deadletter.jsonl
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis

@@ -320,6 +320,8 @@ def _per_object_order(batch: list[_Held]) -> Iterable[Event]:
     With the event time as sequencer this is the identity; with `data.sequencer` it fixes
     objects whose times and sequencers disagree without reshuffling unrelated objects.
     """
+    if len(batch) == 1:
+        return [batch[0].event]
     slots: dict[tuple[str, str], list[int]] = {}
     for position, held in enumerate(batch):
         slots.setdefault(held.event.object_key, []).append(position)

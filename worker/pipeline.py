@@ -13,11 +13,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from worker.events import Event, Origin, Rejection, decode_body
 from worker.ordering import OrderingConfig, Released, Sequencer
 from worker.plan import PlannedAction, RenderFailure, Throttler, plan_rule
 from worker.rules import Late, RuleSet
+from worker.templates import template_context
 
 __all__ = ["Decision", "Outcome", "PartitionPipeline", "Step", "Summary", "ordering_config"]
 
@@ -167,6 +169,7 @@ class PartitionPipeline:
         failures: list[RenderFailure] = []
         throttled = 0
         matched_any = False
+        context: dict[str, Any] | None = None
         for rule in self.ruleset.rules:
             if item.late and self.ruleset.late_for(rule) is Late.DROP:
                 continue
@@ -176,7 +179,9 @@ class PartitionPipeline:
             if not self.throttler.admit(rule, event):
                 throttled += len(rule.actions)
                 continue
-            for result in plan_rule(rule, event):
+            if context is None:
+                context = template_context(event, rule.name)
+            for result in plan_rule(rule, event, context):
                 if isinstance(result, PlannedAction):
                     actions.append(result)
                 else:
