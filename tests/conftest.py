@@ -69,9 +69,9 @@ def ce(
     return event
 
 
-def event_of(obj: dict[str, Any], origin: Origin = Origin()) -> Event:
+def event_of(obj: dict[str, Any], origin: Origin | None = None) -> Event:
     """Decode one event object, failing the test if it is rejected."""
-    events, rejections = decode_body(json.dumps(obj).encode(), origin)
+    events, rejections = decode_body(json.dumps(obj).encode(), origin or Origin())
     assert not rejections, rejections
     assert len(events) == 1
     return events[0]

@@ -48,16 +48,13 @@ def test_shared_sample_stream_ordering_matches_ground_truth(shared_samples, grac
     truth = expected["ordering"][key]
     allowed = {t.casefold() for t in expected["allowed_topics"]}
     known = {
-        f"Microsoft.MachineLearningServices.{t}".casefold()
-        for t in expected["counts"]["by_type"]
+        f"Microsoft.MachineLearningServices.{t}".casefold() for t in expected["counts"]["by_type"]
     }
     sequencer = Sequencer(OrderingConfig(grace_s=grace))
     events = []
     for line in (shared_samples / "stream.jsonl").read_bytes().splitlines():
         decoded, _ = decode_body(line)
-        events += [
-            e for e in decoded if e.topic_key in allowed and e.type.casefold() in known
-        ]
+        events += [e for e in decoded if e.topic_key in allowed and e.type.casefold() in known]
     released, late, dups = run(sequencer, events)
     assert len(released) == truth["released"]
     assert sorted(late) == sorted(truth["stale_ids"])
@@ -197,9 +194,7 @@ def jittered_streams(draw):
     offsets = draw(st.lists(st.integers(1, 30), min_size=count, max_size=count))
     objects = draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=count, max_size=count))
     jitter = draw(
-        st.lists(
-            st.floats(0, grace_s - 0.01, allow_nan=False), min_size=count, max_size=count
-        )
+        st.lists(st.floats(0, grace_s - 0.01, allow_nan=False), min_size=count, max_size=count)
     )
     times, t = [], 0.0
     for offset in offsets:

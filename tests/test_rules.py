@@ -298,7 +298,9 @@ def test_job_path_resolves_relative_to_the_rules_file(tmp_path: Path):
     (tmp_path / "jobs").mkdir()
     (tmp_path / "jobs" / "retrain.yml").write_text("type: command\n")
     rules = tmp_path / "rules.yaml"
-    rules.write_text(HEAD + "rules:\n  - name: r\n    actions: [{type: aml_job, job: jobs/retrain.yml}]\n")
+    rules.write_text(
+        HEAD + "rules:\n  - name: r\n    actions: [{type: aml_job, job: jobs/retrain.yml}]\n"
+    )
     ruleset = load_rules(rules)
     action = ruleset.rules[0].actions[0]
     assert action.files["job"] == str(tmp_path / "jobs" / "retrain.yml")
