@@ -2,6 +2,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
+AZURITE := node_modules/.bin/azurite-blob
+
 .PHONY: test lint demo clean
 
 $(STAMP): pyproject.toml
@@ -10,11 +12,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(AZURITE): package.json
+	npm install --no-audit --no-fund --no-package-lock --loglevel=error
+	touch $(AZURITE)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint $(AZURITE)
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)
@@ -24,4 +30,4 @@ demo: $(STAMP)
 		--output - --summary-json .demo/summary.json --dead-letter .demo/deadletter.jsonl
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules .demo .pytest_cache .ruff_cache .hypothesis

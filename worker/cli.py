@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from worker import __version__
+from worker.errors import WorkerError
 
 __all__ = ["main"]
 
@@ -78,10 +79,74 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="invalid bodies and render errors (default <output>.deadletter.jsonl)",
     )
+    run = commands.add_parser(
+        "run",
+        help="the long-running consumer (Event Hub + blob checkpoints)",
+        description="Consume the Event Hub, run the rules' actions, checkpoint to blob storage. "
+        "Settings come from AML_WORKER_* environment variables (and .env); flags override.",
+    )
+    run.add_argument("--rules", metavar="FILE", help="rules file (default $AML_WORKER_RULES)")
+    run.add_argument("--consumer-group", metavar="NAME")
+    run.add_argument(
+        "--start-position",
+        metavar="POSITION",
+        help="where a partition without a checkpoint starts (default earliest)",
+    )
+    run.add_argument("--checkpoint-interval", metavar="DURATION")
+    run.add_argument(
+        "--stop-when-idle",
+        type=float,
+        metavar="SECONDS",
+        help="once every claimable partition is owned, exit 0 after no event arrived for this "
+        "long (releasing held events, checkpointing to the end, releasing ownership)",
+    )
+    run.add_argument("--summary-json", metavar="PATH", help="write the final counts as JSON")
+
+    send = commands.add_parser(
+        "send",
+        help="publish message bodies (one per line) to an Event Hub",
+        description="Publish one message per line of FILE (e.g. sample traffic to dev-hub).",
+    )
+    send.add_argument("file", metavar="FILE.jsonl")
+    send.add_argument(
+        "--connection-string",
+        metavar="CS",
+        help="Event Hubs connection string (default $AML_WORKER_EVENTHUB_CONNECTION_STRING)",
+    )
+    send.add_argument("--eventhub", metavar="NAME", help="hub name if not in the connection string")
+    send.add_argument(
+        "--partition-key",
+        default="subject",
+        metavar="subject|none",
+        help="subject (default: the event's subject, as the recommended Event Grid set-up "
+        "does) or none (round-robin)",
+    )
+    send.add_argument("--partition-id", metavar="ID", help="send every message to this partition")
+    send.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="application property on every message (repeatable), e.g. aeg-delivery-count=0",
+    )
+
+    devhub = commands.add_parser(
+        "dev-hub",
+        help="a local Event Hubs-compatible AMQP server for development and tests",
+        description="Serve an Event Hubs-compatible AMQP endpoint on loopback; prints the "
+        "connection string (UseDevelopmentEmulator=true) on stdout.",
+        add_help=False,
+    )
+    devhub.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "dev-hub":
+        from worker.devhub.__main__ import main as dev_hub_main
+
+        return dev_hub_main(argv[1:])
     args = _parser().parse_args(argv)
     from worker import logs
 
@@ -89,12 +154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.get("AML_WORKER_LOG_LEVEL", "info"),
         os.environ.get("AML_WORKER_LOG_FORMAT") or None,
     )
-    handler = {"check-rules": _check_rules, "explain": _explain, "replay": _replay}
+    handler = {
+        "check-rules": _check_rules,
+        "explain": _explain,
+        "replay": _replay,
+        "run": _run,
+        "send": _send,
+    }
     try:
         return handler[args.command](args)
     except _Fail as exc:
         print(f"aml-event-worker {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except WorkerError as exc:
+        print(f"aml-event-worker {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -206,4 +280,72 @@ def _replay(args: argparse.Namespace) -> int:
         with _open_out(args.summary_json) as handle:
             json.dump(counts, handle, indent=2)
             handle.write("\n")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from worker.settings import load_settings
+
+    settings = load_settings(
+        rules=args.rules,
+        consumer_group=args.consumer_group,
+        start_position=args.start_position,
+        checkpoint_interval=args.checkpoint_interval,
+    )
+    from worker import logs
+
+    logs.configure(settings.log_level, settings.log_format)
+    ruleset = _load(str(settings.rules) if settings.rules else None, secrets="require")
+    from worker.positions import parse_positions
+
+    try:
+        positions = parse_positions(settings.start_position)
+    except ValueError as exc:
+        raise _Fail(f"AML_WORKER_START_POSITION: {exc}") from None
+    from worker.consumer import run_worker
+
+    stats = asyncio.run(
+        run_worker(settings, ruleset, positions, stop_when_idle=args.stop_when_idle)
+    )
+    counts = stats.as_dict()
+    print(
+        "run summary: " + " ".join(f"{k}={v}" for k, v in counts.items() if k != "partitions"),
+        file=sys.stderr,
+    )
+    if args.summary_json:
+        with _open_out(args.summary_json) as handle:
+            json.dump(counts, handle, indent=2)
+            handle.write("\n")
+    return 0
+
+
+def _send(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from worker.sending import parse_properties, send_file
+    from worker.settings import load_settings
+
+    settings = load_settings()
+    try:
+        properties = parse_properties(args.property)
+    except ValueError as exc:
+        raise _Fail(str(exc), 2) from None
+    if args.partition_key not in ("subject", "none"):
+        raise _Fail("--partition-key is 'subject' or 'none'", 2)
+    if not Path(args.file).is_file():
+        raise _Fail(f"{args.file} not found")
+    sent, hub = asyncio.run(
+        send_file(
+            settings,
+            Path(args.file),
+            connection_string=args.connection_string,
+            eventhub_name=args.eventhub,
+            by_subject=args.partition_key == "subject",
+            partition_id=args.partition_id,
+            properties=properties,
+        )
+    )
+    print(f"sent {sent} message{'s' if sent != 1 else ''} to {hub}")
     return 0

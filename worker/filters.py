@@ -218,7 +218,7 @@ def _getter(key: str) -> Callable[[Event], Any]:
         value = event.data
         for segment in segments:
             if type(value) is dict:
-                found = MISSING
+                found = value.get(segment, MISSING)
                 if found is MISSING:
                     found = lookup_key(value, segment)
             else:

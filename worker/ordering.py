@@ -132,6 +132,11 @@ class Sequencer:
         self._heap: list[_Held] = []
         self._arrivals: deque[_Held] = deque()
         self._counter = 0
+        # Change tracking for deltas starts with the first snapshot (a file replay never
+        # saves state, so it must not accumulate a change log).
+        self._tracking = False
+        self._dirty_seen: dict[tuple[str, str], None] = {}
+        self._dirty_last: dict[tuple[str, str, str], None] = {}
 
     # --- inputs -------------------------------------------------------------------------
 
@@ -157,6 +162,8 @@ class Sequencer:
         key = (event.topic_key, event.id)
         self._seen.pop(key, None)
         self._seen[key] = effective
+        if self._tracking:
+            self._dirty_seen[key] = None
         if self.max_time is None or effective > self.max_time:
             self.max_time = effective
         self._forget()
@@ -253,54 +260,109 @@ class Sequencer:
             return Released(event, late=True)
         self._last.pop(slot, None)
         self._last[slot] = (seq, self.effective_time(event))
+        if self._tracking:
+            self._dirty_last[slot] = None
         return Released(event, late=False)
 
     # --- persistence --------------------------------------------------------------------
+    #
+    # A full snapshot is O(window); a delta is O(what changed since the last export), which
+    # is what keeps periodic state saves cheap (DESIGN §4). Restoring = the last snapshot
+    # plus every later delta, in order. Held events are always written whole: they are few
+    # (a grace window's worth) and must come back exactly.
 
-    def to_bytes(self) -> bytes:
-        """Versioned, compressed snapshot: remembered ids, last sequencers, held events."""
-        state = {
+    def snapshot(self) -> dict[str, Any]:
+        """Everything, as a JSON-able record; starts (or resets) the change tracking."""
+        self._tracking = True
+        self._dirty_seen.clear()
+        self._dirty_last.clear()
+        return {
+            "kind": "snapshot",
             "version": STATE_VERSION,
             "max_time": self.max_time,
             "counter": self._counter,
             "seen": [[t, i, ticks] for (t, i), ticks in self._seen.items()],
-            "last": [
-                [t, s, ty, _dump_key(k), ticks] for (t, s, ty), (k, ticks) in self._last.items()
-            ],
-            "held": [
-                {
-                    "raw": h.event.raw,
-                    "ticks": h.event.time_ticks,
-                    "origin": h.event.origin.as_dict(),
-                    "arrival": h.arrival,
-                }
-                for h in sorted(self._heap)
-            ],
+            "last": [[*slot, _dump_key(k), ticks] for slot, (k, ticks) in self._last.items()],
+            "held": self._held_records(),
         }
-        return zlib.compress(json.dumps(state, separators=(",", ":")).encode("utf-8"))
+
+    def delta(self) -> dict[str, Any]:
+        """What changed since the last snapshot or delta, as a JSON-able record."""
+        seen = [[t, i, self._seen[(t, i)]] for (t, i) in self._dirty_seen if (t, i) in self._seen]
+        last = [
+            [*slot, _dump_key(self._last[slot][0]), self._last[slot][1]]
+            for slot in self._dirty_last
+            if slot in self._last
+        ]
+        self._dirty_seen.clear()
+        self._dirty_last.clear()
+        return {
+            "kind": "delta",
+            "version": STATE_VERSION,
+            "max_time": self.max_time,
+            "counter": self._counter,
+            "seen": seen,
+            "last": last,
+            "held": self._held_records(),
+        }
+
+    @property
+    def changed(self) -> int:
+        """How many entries a delta would carry now (to decide when to compact)."""
+        return len(self._dirty_seen) + len(self._dirty_last)
+
+    def _held_records(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "raw": h.event.raw,
+                "ticks": h.event.time_ticks,
+                "origin": h.event.origin.as_dict(),
+                "arrival": h.arrival,
+            }
+            for h in sorted(self._heap)
+        ]
+
+    @classmethod
+    def restore(cls, config: OrderingConfig, records: Iterable[dict[str, Any]]) -> Sequencer:
+        """Rebuild from a snapshot and the deltas after it (older records are ignored)."""
+        sequencer = cls(config)
+        for record in records:
+            version = record.get("version")
+            if not isinstance(version, int) or version > STATE_VERSION:
+                raise ValueError(
+                    f"partition state has format version {version!r}; this worker reads "
+                    f"versions up to {STATE_VERSION}: upgrade the worker"
+                )
+            if record.get("kind") == "snapshot":
+                sequencer._seen.clear()
+                sequencer._last.clear()
+            sequencer.max_time = record["max_time"]
+            sequencer._counter = record["counter"]
+            for t, i, ticks in record["seen"]:
+                sequencer._seen.pop((t, i), None)
+                sequencer._seen[(t, i)] = ticks
+            for t, subject, type_, key, ticks in record["last"]:
+                sequencer._last.pop((t, subject, type_), None)
+                sequencer._last[(t, subject, type_)] = (_load_key(key), ticks)
+            sequencer._heap = []
+            for item in record["held"]:
+                event = restore_event(item["raw"], _origin_from(item["origin"]), item["ticks"])
+                held = _Held(sequencer.effective_time(event), item["arrival"], event, None)
+                heapq.heappush(sequencer._heap, held)
+        if sequencer.max_time is not None:
+            sequencer._forget()
+        sequencer._dirty_seen.clear()
+        sequencer._dirty_last.clear()
+        sequencer._tracking = True
+        return sequencer
+
+    def to_bytes(self) -> bytes:
+        """A compressed snapshot (tests, tools)."""
+        return zlib.compress(json.dumps(self.snapshot(), separators=(",", ":")).encode())
 
     @classmethod
     def from_bytes(cls, config: OrderingConfig, data: bytes) -> Sequencer:
-        state = json.loads(zlib.decompress(data))
-        version = state.get("version")
-        if not isinstance(version, int) or version > STATE_VERSION:
-            raise ValueError(
-                f"partition state has format version {version!r}; this worker "
-                f"reads versions up to {STATE_VERSION}: upgrade the worker"
-            )
-        sequencer = cls(config)
-        sequencer.max_time = state["max_time"]
-        sequencer._counter = state["counter"]
-        sequencer._seen = {(t, i): ticks for t, i, ticks in state["seen"]}
-        sequencer._last = {
-            (t, s, ty): (_load_key(k), ticks) for t, s, ty, k, ticks in state["last"]
-        }
-        for item in state["held"]:
-            origin = _origin_from(item["origin"])
-            event = restore_event(item["raw"], origin, item["ticks"])
-            held = _Held(sequencer.effective_time(event), item["arrival"], event, None)
-            heapq.heappush(sequencer._heap, held)
-        return sequencer
+        return cls.restore(config, [json.loads(zlib.decompress(data))])
 
 
 def _origin_from(raw: dict[str, Any]) -> Origin:

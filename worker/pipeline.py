@@ -50,6 +50,7 @@ class Step:
 
     rejections: list[Rejection] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    decoded: int = 0  # events decoded from the message fed (not from earlier ones released)
 
     @property
     def actions(self) -> list[PlannedAction]:
@@ -129,7 +130,7 @@ class PartitionPipeline:
         if origin.enqueued_time is None:
             default_time = self._last_time  # file replay: the previous event's time
         events, rejections = decode_body(body, origin, default_time=default_time)
-        step = Step(rejections=list(rejections))
+        step = Step(rejections=list(rejections), decoded=len(events))
         self.summary.events += len(events)
         for event in events:
             self._last_time = (event.time, event.time_ticks)

@@ -124,6 +124,16 @@ class Throttler:
     def __len__(self) -> int:
         return len(self._windows)
 
+    def snapshot(self) -> list[list[Any]]:
+        return [[list(key), list(times)] for key, times in self._windows.items() if times]
+
+    @classmethod
+    def restore(cls, records: list[list[Any]]) -> Throttler:
+        throttler = cls()
+        for key, times in records:
+            throttler._windows[tuple(key)] = deque(times)
+        return throttler
+
 
 def plan_rule(
     rule: Rule, event: Event, context: dict[str, Any] | None = None

@@ -1,0 +1,222 @@
+"""Checkpoints, partition state and dead letters in one blob container (DESIGN §4, §5).
+
+Checkpoints and ownership stay in the SDK's own layout and are written through the SDK's
+`BlobCheckpointStore`, so KEDA and the SDK's processors read them. Next to them, under the
+same lower-cased prefix `<fqns>/<hub>/<consumergroup>/`:
+
+- `state/<partition>` — one block blob per partition holding a snapshot record followed by
+  delta records (see `state.encode_record`). A save stages one block with what changed and
+  commits the block list with `If-Match` on the ETag of our previous commit. The commit is
+  atomic, costs O(what changed), and fences out a previous owner: once the new owner has
+  committed, an old owner's late save fails instead of overwriting newer state.
+- `deadletter/<partition>/<sequence number>-<index>.json` — one blob per dead letter, named
+  by its coordinates so re-reading the same message after a crash overwrites, not duplicates.
+
+Why state is written *before* the checkpoint: state saved at message M records every event
+finished or held up to M; the checkpoint C ≤ M. A crash between the two leaves an older
+checkpoint with newer state: the re-read events are recognised as duplicates (or restored
+as held), so nothing is lost or repeated. The reverse order could lose held events.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import BlobBlock
+from azure.storage.blob.aio import ContainerClient
+
+from worker.errors import CheckpointError
+from worker.state import Mark, decode_records, encode_record
+
+__all__ = ["BlobPartitionStore", "StateFenced", "StateHandle"]
+
+log = structlog.get_logger(__name__)
+
+MAX_DELTA_BLOCKS = 100
+
+
+class StateFenced(CheckpointError):
+    """Another owner committed state for this partition after we did: stop writing."""
+
+    retryable = False
+
+
+@dataclass(slots=True)
+class StateHandle:
+    """What we know of one partition's state blob between saves."""
+
+    partition_id: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    etag: str | None = None
+    blocks: list[str] = field(default_factory=list)
+    delta_bytes: int = 0
+    snapshot_bytes: int = 0
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.records[-1] if self.records else None
+
+
+class BlobPartitionStore:
+    """Our blobs (state, dead letters) and the SDK checkpoint store, for one consumer group."""
+
+    def __init__(
+        self,
+        container: ContainerClient,
+        checkpoint_store: Any,
+        *,
+        fully_qualified_namespace: str,
+        eventhub_name: str,
+        consumer_group: str,
+    ) -> None:
+        self.container = container
+        self.checkpoint_store = checkpoint_store
+        self.fully_qualified_namespace = fully_qualified_namespace
+        self.eventhub_name = eventhub_name
+        self.consumer_group = consumer_group
+        self.prefix = f"{fully_qualified_namespace}/{eventhub_name}/{consumer_group}".lower()
+
+    # --- checkpoints (SDK layout) ---------------------------------------------------------
+
+    async def get_checkpoint(self, partition_id: str) -> Mark | None:
+        checkpoints = await self.checkpoint_store.list_checkpoints(
+            self.fully_qualified_namespace, self.eventhub_name, self.consumer_group
+        )
+        for checkpoint in checkpoints:
+            if checkpoint["partition_id"] == partition_id:
+                return Mark(int(checkpoint["sequence_number"]), str(checkpoint["offset"]))
+        return None
+
+    async def update_checkpoint(self, partition_id: str, mark: Mark) -> None:
+        await self.checkpoint_store.update_checkpoint(
+            {
+                "fully_qualified_namespace": self.fully_qualified_namespace,
+                "eventhub_name": self.eventhub_name,
+                "consumer_group": self.consumer_group,
+                "partition_id": partition_id,
+                "offset": mark.offset,
+                "sequence_number": mark.sequence_number,
+            }
+        )
+
+    async def list_ownership(self) -> list[dict[str, Any]]:
+        return list(
+            await self.checkpoint_store.list_ownership(
+                self.fully_qualified_namespace, self.eventhub_name, self.consumer_group
+            )
+        )
+
+    # --- state --------------------------------------------------------------------------
+
+    def _state_blob(self, partition_id: str) -> str:
+        return f"{self.prefix}/state/{partition_id}"
+
+    async def load_state(self, partition_id: str) -> StateHandle:
+        blob = self.container.get_blob_client(self._state_blob(partition_id))
+        handle = StateHandle(partition_id)
+        try:
+            downloader = await blob.download_blob()
+            data = await downloader.readall()
+            handle.etag = downloader.properties.etag
+            block_list, _ = await blob.get_block_list("committed")
+        except ResourceNotFoundError:
+            return handle
+        except HttpResponseError as exc:
+            raise CheckpointError(
+                f"cannot read state blob {blob.blob_name}: {exc.message}"
+            ) from exc
+        handle.blocks = [b.id for b in block_list]
+        try:
+            handle.records = list(decode_records(data))
+        except (ValueError, json.JSONDecodeError) as exc:
+            log.warning("state_unreadable", blob=blob.blob_name, error=str(exc))
+            handle.records = []
+        return handle
+
+    async def save_state(
+        self, handle: StateHandle, record: dict[str, Any], *, snapshot: bool
+    ) -> None:
+        """Append `record` (or replace everything with it, for a snapshot) atomically."""
+        blob = self.container.get_blob_client(self._state_blob(handle.partition_id))
+        data = encode_record(record)
+        number = int(base64.b64decode(handle.blocks[-1])) + 1 if handle.blocks else 0
+        block_id = base64.b64encode(f"{number:016d}".encode()).decode()
+        blocks = [block_id] if snapshot else [*handle.blocks, block_id]
+        conditions: dict[str, Any] = (
+            {"etag": handle.etag, "match_condition": MatchConditions.IfNotModified}
+            if handle.etag
+            else {"match_condition": MatchConditions.IfMissing}
+        )
+        try:
+            await blob.stage_block(block_id, data)
+            result = await blob.commit_block_list([BlobBlock(b) for b in blocks], **conditions)
+        except (ResourceModifiedError, ResourceExistsError) as exc:
+            raise StateFenced(
+                f"state of partition {handle.partition_id} was written by another owner"
+            ) from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise StateFenced(
+                    f"state of partition {handle.partition_id} was written by another owner"
+                ) from exc
+            raise CheckpointError(
+                f"cannot write state blob {blob.blob_name}: {exc.message}"
+            ) from exc
+        handle.etag = result["etag"]
+        handle.blocks = blocks
+        if snapshot:
+            handle.records = [record]
+            handle.snapshot_bytes = len(data)
+            handle.delta_bytes = 0
+        else:
+            handle.records.append(record)
+            handle.delta_bytes += len(data)
+
+    def needs_snapshot(self, handle: StateHandle) -> bool:
+        """Compact when deltas outweigh the snapshot or the block list grows long."""
+        if not handle.blocks:
+            return True
+        return len(handle.blocks) > MAX_DELTA_BLOCKS or handle.delta_bytes > max(
+            handle.snapshot_bytes, 64 * 1024
+        )
+
+    async def adopt_state(self, handle: StateHandle) -> None:
+        """Refresh the ETag and blocks after a fenced write (the newer owner wins)."""
+        fresh = await self.load_state(handle.partition_id)
+        handle.etag, handle.blocks, handle.records = fresh.etag, fresh.blocks, fresh.records
+
+    async def reset_state(self, partition_id: str) -> None:
+        """Forget dedupe/order state (after a rewind); the ledger is kept (DESIGN §4)."""
+        with contextlib.suppress(ResourceNotFoundError):
+            await self.container.delete_blob(self._state_blob(partition_id))
+
+    # --- dead letters -------------------------------------------------------------------
+
+    async def dead_letter(self, partition_id: str, name: str, record: Mapping[str, Any]) -> str:
+        blob_name = f"{self.prefix}/deadletter/{partition_id}/{name}.json"
+        body = json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
+        try:
+            await self.container.upload_blob(blob_name, body, overwrite=True)
+        except HttpResponseError as exc:
+            raise CheckpointError(f"cannot write dead letter {blob_name}: {exc.message}") from exc
+        return blob_name
+
+    async def list_dead_letters(self) -> list[dict[str, Any]]:
+        records = []
+        async for item in self.container.list_blobs(name_starts_with=f"{self.prefix}/deadletter/"):
+            downloader = await self.container.download_blob(item.name)
+            records.append({"blob": item.name, **json.loads(await downloader.readall())})
+        return records

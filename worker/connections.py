@@ -1,0 +1,127 @@
+"""Building the Azure clients from settings: the one place that knows about credentials.
+
+Connection strings win over namespace/URL + DefaultAzureCredential. Errors are turned into
+`ConfigError`s that name the setting, so a typo fails at start with a plain message.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+from worker.errors import ConfigError
+from worker.settings import Settings
+
+__all__ = ["blob_container", "checkpoint_store", "consumer_client", "producer_client"]
+
+
+def _transport_kwargs(settings: Settings) -> dict[str, Any]:
+    from azure.eventhub import TransportType
+
+    if settings.eventhub_transport != "websocket":
+        return {}
+    kwargs: dict[str, Any] = {"transport_type": TransportType.AmqpOverWebsocket}
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if proxy:
+        parsed = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        kwargs["http_proxy"] = {
+            "proxy_hostname": parsed.hostname,
+            "proxy_port": parsed.port or 8080,
+            **({"username": parsed.username} if parsed.username else {}),
+            **({"password": parsed.password} if parsed.password else {}),
+        }
+    return kwargs
+
+
+def _credential() -> Any:
+    from azure.identity.aio import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def consumer_client(
+    settings: Settings, *, consumer_group: str, checkpoint_store: Any = None
+) -> Any:
+    from azure.eventhub.aio import EventHubConsumerClient
+
+    kwargs: dict[str, Any] = {
+        "consumer_group": consumer_group,
+        "load_balancing_interval": settings.load_balancing_interval,
+        "partition_ownership_expiration_interval": settings.ownership_expiry,
+        **_transport_kwargs(settings),
+    }
+    if checkpoint_store is not None:
+        kwargs["checkpoint_store"] = checkpoint_store
+    if settings.eventhub_connection_string is not None:
+        conn = settings.eventhub_connection_string.get_secret_value()
+        if settings.eventhub_name:
+            kwargs["eventhub_name"] = settings.eventhub_name
+        try:
+            return EventHubConsumerClient.from_connection_string(conn, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"AML_WORKER_EVENTHUB_CONNECTION_STRING is invalid: {exc}") from None
+    if settings.eventhub_namespace and settings.eventhub_name:
+        return EventHubConsumerClient(
+            settings.eventhub_namespace, settings.eventhub_name, _credential(), **kwargs
+        )
+    raise ConfigError(
+        "no Event Hub configured: set AML_WORKER_EVENTHUB_CONNECTION_STRING (with EntityPath) "
+        "or AML_WORKER_EVENTHUB_NAMESPACE and AML_WORKER_EVENTHUB_NAME"
+    )
+
+
+def producer_client(settings: Settings, connection_string: str | None = None) -> Any:
+    from azure.eventhub.aio import EventHubProducerClient
+
+    conn = connection_string or (
+        settings.eventhub_connection_string.get_secret_value()
+        if settings.eventhub_connection_string
+        else None
+    )
+    kwargs = _transport_kwargs(settings)
+    if conn:
+        try:
+            return EventHubProducerClient.from_connection_string(
+                conn,
+                **({"eventhub_name": settings.eventhub_name} if settings.eventhub_name else {}),
+                **kwargs,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"invalid Event Hubs connection string: {exc}") from None
+    if settings.eventhub_namespace and settings.eventhub_name:
+        return EventHubProducerClient(
+            settings.eventhub_namespace, settings.eventhub_name, _credential(), **kwargs
+        )
+    raise ConfigError("no Event Hub configured (connection string or namespace + name)")
+
+
+def blob_container(settings: Settings) -> Any:
+    from azure.storage.blob.aio import ContainerClient
+
+    container = settings.checkpoint_container
+    if settings.checkpoint_store_connection_string is not None:
+        conn = settings.checkpoint_store_connection_string.get_secret_value()
+        try:
+            return ContainerClient.from_connection_string(conn, container)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING is invalid: {exc}"
+            ) from None
+    if settings.checkpoint_store_url:
+        return ContainerClient(settings.checkpoint_store_url, container, _credential())
+    raise ConfigError(
+        "no checkpoint storage configured: set AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING "
+        "or AML_WORKER_CHECKPOINT_STORE_URL"
+    )
+
+
+def checkpoint_store(settings: Settings) -> Any:
+    from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+
+    container = settings.checkpoint_container
+    if settings.checkpoint_store_connection_string is not None:
+        conn = settings.checkpoint_store_connection_string.get_secret_value()
+        return BlobCheckpointStore.from_connection_string(conn, container)
+    assert settings.checkpoint_store_url
+    return BlobCheckpointStore(settings.checkpoint_store_url, container, _credential())

@@ -1,0 +1,592 @@
+"""`run`: the long-running consumer (DESIGN §1, §5) on the official async SDK.
+
+`EventHubConsumerClient` with the blob checkpoint store does the receiving and the load
+balancing between replicas; each partition it hands us gets a `PartitionWorker` that runs
+the pure pipeline, dispatches actions, and writes state then checkpoint at most once per
+interval. Ownership hand-over between live replicas is made exact by a small protocol on
+the state blob: the old owner's final save is marked `released`, and a new owner waits
+(bounded) for that mark before loading state, so events the old owner finished are known
+as duplicates instead of being dispatched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from worker.actions import Executor, missing_executors
+from worker.checkpoints import BlobPartitionStore, StateFenced, StateHandle
+from worker.errors import CheckpointError, ConfigError, WorkerError
+from worker.events import Origin
+from worker.ordering import Sequencer
+from worker.pipeline import Decision, PartitionPipeline, Step, Summary, ordering_config
+from worker.plan import PlannedAction, Throttler
+from worker.positions import PositionKind, StartPositions
+from worker.replay import dead_letter_for_rejection
+from worker.rules import RuleSet
+from worker.settings import Settings
+from worker.state import Mark, Progress
+from worker.templates import RenderError, mask, reveal
+
+__all__ = ["Consumer", "RunStats"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class RunStats:
+    """What a run did, for the closing summary and `--stop-when-idle` output."""
+
+    summary: Summary = field(default_factory=Summary)
+    actions: int = 0
+    action_failures: int = 0
+    dead_letters: int = 0
+    checkpoints: int = 0
+    state_saves: int = 0
+    partitions: set[str] = field(default_factory=set)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.summary.as_dict(),
+            "actions_dispatched": self.actions,
+            "action_failures": self.action_failures,
+            "dead_letters": self.dead_letters,
+            "checkpoints_written": self.checkpoints,
+            "state_saves": self.state_saves,
+            "partitions": sorted(self.partitions, key=lambda p: (len(p), p)),
+        }
+
+
+class PartitionWorker:
+    """One owned partition: pipeline + progress + periodic state/checkpoint saves."""
+
+    def __init__(self, consumer: Consumer, partition_id: str) -> None:
+        self.consumer = consumer
+        self.partition_id = partition_id
+        self.store = consumer.store
+        self.interval_s = consumer.settings.checkpoint_interval
+        self.pipeline: PartitionPipeline | None = None
+        self.progress = Progress()
+        self.handle: StateHandle | None = None
+        self.committed: Mark | None = None
+        self.last_save = time.monotonic()
+        self.dirty = False
+        self.fenced = False
+        self.busy: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+        self.log = log.bind(partition_id=partition_id)
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        handle = await self._await_handover()
+        ruleset = self.consumer.ruleset
+        records = handle.records
+        start = max((i for i, r in enumerate(records) if r.get("kind") == "snapshot"), default=0)
+        config = ordering_config(ruleset)
+        try:
+            sequencer = Sequencer.restore(config, [r["sequencer"] for r in records[start:]])
+            throttler = Throttler.restore(records[-1].get("throttle", []) if records else [])
+        except (KeyError, ValueError, TypeError) as exc:
+            self.log.warning("state_discarded", reason=str(exc))
+            sequencer, throttler = Sequencer(config), Throttler()
+        self.pipeline = PartitionPipeline(ruleset, sequencer=sequencer, throttler=throttler)
+        self.handle = handle
+        self.committed = await self.store.get_checkpoint(self.partition_id)
+        if self.committed is None:
+            self.committed = await self._initial_checkpoint()
+        self.progress = Progress(self.committed)
+        floor = self.committed.sequence_number if self.committed else -1
+        for event in sequencer.held_events():
+            seq = event.origin.sequence_number
+            if seq is not None and seq > floor:
+                self.progress.hold(seq)
+        self.log.info(
+            "partition_started",
+            checkpoint=self.committed.sequence_number if self.committed else None,
+            restored_ids=sequencer.remembered_ids,
+            restored_held=sequencer.held,
+        )
+        # A snapshot claims the state blob for this owner right away (fencing the old one).
+        await self.save(force=True, snapshot=True)
+
+    async def _await_handover(self) -> StateHandle:
+        """Wait (bounded) for a live previous owner to mark its final state `released`."""
+        settings = self.consumer.settings
+        deadline = time.monotonic() + min(
+            settings.ownership_expiry, 2 * settings.load_balancing_interval + 2
+        )
+        handle = await self.store.load_state(self.partition_id)
+        while True:
+            last = handle.last
+            if last is None or last.get("released") or last.get("owner") == self.consumer.owner_id:
+                return handle
+            if time.monotonic() >= deadline:
+                self.log.info("handover_timeout", previous_owner=last.get("owner"))
+                return handle
+            await asyncio.sleep(0.2)
+            handle = await self.store.load_state(self.partition_id)
+
+    async def _initial_checkpoint(self) -> Mark | None:
+        """With no checkpoint yet, write one at the start position (never past an event)."""
+        position = self.consumer.start_positions.for_partition(self.partition_id)
+        props = await self.consumer.client.get_partition_properties(self.partition_id)
+        if position.kind is PositionKind.EARLIEST:
+            mark = Mark(int(props["beginning_sequence_number"]) - 1, "-1")
+            if props.get("is_empty"):
+                mark = Mark(int(props["last_enqueued_sequence_number"]), "-1")
+        elif position.kind is PositionKind.LATEST:
+            if props.get("is_empty"):
+                mark = Mark(int(props["last_enqueued_sequence_number"]), "-1")
+            else:
+                mark = Mark(
+                    int(props["last_enqueued_sequence_number"]),
+                    str(props["last_enqueued_offset"]),
+                )
+        else:
+            # seq:/offset:/time: positions: the offset just before them is not known without
+            # reading; the first periodic save writes the checkpoint instead.
+            self.log.warning("no_checkpoint_start", position=str(position))
+            return None
+        self.log.warning(
+            "no_checkpoint_start",
+            position=str(position),
+            message=f"partition {self.partition_id} has no checkpoint: starting at {position}",
+        )
+        await self.store.update_checkpoint(self.partition_id, mark)
+        self.consumer.stats.checkpoints += 1
+        return mark
+
+    async def close(self, *, release: bool, flush: bool) -> None:
+        """Stop cleanly: finish the batch in hand, optionally release held events, save."""
+        if self.busy is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    asyncio.shield(self.busy), self.consumer.settings.shutdown_timeout
+                )
+        async with self.lock:
+            if flush and self.pipeline is not None:
+                await self._dispatch_step(self.pipeline.finish())
+            await self.save(force=True, released=release)
+        if self.pipeline is not None:
+            self.consumer.stats.summary.merge(self.pipeline.summary)
+        self.log.info("partition_closed", released=release, held=self.held)
+
+    @property
+    def held(self) -> int:
+        return self.pipeline.sequencer.held if self.pipeline else 0
+
+    # --- processing ---------------------------------------------------------------------
+
+    async def process(self, events: list[Any]) -> None:
+        """One batch from the SDK (empty when the partition was quiet for max_wait_time)."""
+        async with self.lock:
+            assert self.pipeline is not None
+            now = datetime.now(UTC)
+            for event_data in events:
+                origin, body = _origin_of(event_data, self.partition_id)
+                self.consumer.note_event()
+                step = self.pipeline.feed(body, origin, now)
+                mark = Mark(int(event_data.sequence_number), str(event_data.offset))
+                self.progress.received(mark, step.decoded)
+                for rejection in step.rejections:
+                    await self._dead_letter_rejection(rejection)
+                await self._dispatch_step(step)
+                self.dirty = True
+            tick = self.pipeline.tick(now)
+            if tick.decisions:
+                await self._dispatch_step(tick)
+                self.dirty = True
+            await self.save()
+
+    async def _dispatch_step(self, step: Step) -> None:
+        for decision in step.decisions:
+            self.consumer.watch_object(decision, self.partition_id)
+            await self._dispatch(decision)
+            seq = decision.event.origin.sequence_number
+            if seq is not None:
+                self.progress.finished(seq)
+
+    async def _dispatch(self, decision: Decision) -> None:
+        event = decision.event
+        with structlog.contextvars.bound_contextvars(
+            partition_id=self.partition_id,
+            sequence_number=event.sequence_number,
+            event_id=event.id,
+            subject=event.subject,
+        ):
+            for failure in decision.failures:
+                self.log.warning("render_error", rule=failure.rule, error=failure.error)
+                await self._dead_letter(
+                    f"{event.sequence_number}-{failure.key}", failure.dead_letter()
+                )
+            for planned in decision.actions:
+                await self._execute(planned)
+
+    async def _execute(self, planned: PlannedAction) -> None:
+        executor: Executor = self.consumer.executors[planned.action.type]
+        try:
+            params = reveal(planned.params, self.consumer.environ)
+            await executor.execute(planned, params)
+            self.consumer.stats.actions += 1
+        except asyncio.CancelledError:
+            raise
+        except (WorkerError, RenderError, Exception) as exc:  # an action never stops a partition
+            self.consumer.stats.action_failures += 1
+            self.log.warning(
+                "action_failed", rule=planned.rule, action=planned.action.type, error=str(exc)
+            )
+            await self._dead_letter(
+                f"{planned.event.sequence_number}-{planned.key}",
+                {
+                    "kind": "action_failed",
+                    "reason": str(exc),
+                    "rule": planned.rule,
+                    "action": planned.action.type,
+                    "action_index": planned.action.index,
+                    "idempotency_key": planned.key,
+                    "params": mask(planned.params),
+                    "event_id": planned.event.id,
+                    "source": planned.event.origin.as_dict(),
+                    "event": planned.event.as_received(),
+                },
+            )
+
+    async def _dead_letter_rejection(self, rejection: Any) -> None:
+        self.log.warning("invalid_body", where=rejection.describe())
+        index = "body" if rejection.index is None else str(rejection.index)
+        await self._dead_letter(
+            f"{rejection.origin.sequence_number}-{index}", dead_letter_for_rejection(rejection)
+        )
+
+    async def _dead_letter(self, name: str, record: Mapping[str, Any]) -> None:
+        """Dead letters must not be lost: retry the blob write until it lands."""
+        delay = 0.5
+        while True:
+            try:
+                await self.store.dead_letter(self.partition_id, name, record)
+                self.consumer.stats.dead_letters += 1
+                return
+            except CheckpointError as exc:
+                self.log.warning("dead_letter_write_failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    # --- saving -------------------------------------------------------------------------
+
+    async def save(
+        self, *, force: bool = False, snapshot: bool = False, released: bool = False
+    ) -> None:
+        """State, then checkpoint: at most once per interval unless forced (DESIGN §5)."""
+        if self.fenced or self.pipeline is None or self.handle is None:
+            return
+        now = time.monotonic()
+        mark = self.progress.checkpoint()
+        moved = mark is not None and mark != self.committed
+        if not force and (now - self.last_save < self.interval_s or not (self.dirty or moved)):
+            return
+        snapshot = snapshot or self.store.needs_snapshot(self.handle)
+        sequencer = self.pipeline.sequencer
+        record = {
+            "kind": "snapshot" if snapshot else "delta",
+            "owner": self.consumer.owner_id,
+            "released": released,
+            "saved_at": datetime.now(UTC).isoformat(),
+            "checkpoint": [mark.sequence_number, mark.offset] if mark else None,
+            "sequencer": sequencer.snapshot() if snapshot else sequencer.delta(),
+            "throttle": self.pipeline.throttler.snapshot(),
+        }
+        try:
+            await self.store.save_state(self.handle, record, snapshot=snapshot)
+            self.consumer.stats.state_saves += 1
+            if moved and mark is not None:
+                await self.store.update_checkpoint(self.partition_id, mark)
+                self.committed = mark
+                self.consumer.stats.checkpoints += 1
+        except StateFenced:
+            self.fenced = True
+            self.log.warning("state_fenced", message="another owner took this partition")
+            return
+        except CheckpointError as exc:
+            self.log.warning("save_failed", error=str(exc))  # retried next interval
+            return
+        self.last_save = now
+        self.dirty = False
+
+
+def _origin_of(event_data: Any, partition_id: str) -> tuple[Origin, bytes]:
+    properties = event_data.properties or {}
+    count = properties.get(b"aeg-delivery-count", properties.get("aeg-delivery-count"))
+    if isinstance(count, bytes):
+        count = count.decode("utf-8", "replace")
+    try:
+        delivery_count = int(count) if count is not None else None
+    except (TypeError, ValueError):
+        delivery_count = None
+    enqueued = event_data.enqueued_time
+    if enqueued is not None and enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=UTC)
+    origin = Origin(
+        partition_id=partition_id,
+        offset=str(event_data.offset) if event_data.offset is not None else None,
+        sequence_number=event_data.sequence_number,
+        enqueued_time=enqueued,
+        delivery_count=delivery_count,
+    )
+    try:
+        body = b"".join(event_data.body)
+    except TypeError:
+        body = event_data.body_as_str().encode("utf-8")
+    return origin, body
+
+
+class Consumer:
+    """The worker process: SDK client + partition workers + shutdown + idle stop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        ruleset: RuleSet,
+        executors: Mapping[str, Executor],
+        *,
+        environ: Mapping[str, str],
+        start_positions: StartPositions,
+        stop_when_idle: float | None = None,
+    ) -> None:
+        missing = missing_executors(ruleset.action_types, executors)
+        if missing:
+            raise ConfigError(
+                f"the rules use action type(s) {', '.join(missing)} that this worker cannot run "
+                "yet; refusing to start rather than silently doing nothing"
+            )
+        self.settings = settings
+        self.ruleset = ruleset
+        self.executors = executors
+        self.environ = environ
+        self.start_positions = start_positions
+        self.stop_when_idle = stop_when_idle
+        self.owner_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.stats = RunStats()
+        self.workers: dict[str, PartitionWorker] = {}
+        self.client: Any = None
+        self.store: BlobPartitionStore = None  # type: ignore[assignment]
+        self._stop = asyncio.Event()
+        self._last_event = time.monotonic()
+        self._objects: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self.split_objects = 0
+
+    # --- shared bookkeeping --------------------------------------------------------------
+
+    def note_event(self) -> None:
+        self._last_event = time.monotonic()
+
+    def watch_object(self, decision: Decision, partition_id: str) -> None:
+        """Warn when one object shows up on two partitions: order cannot hold then (§4)."""
+        key = decision.event.object_key
+        seen = self._objects.get(key)
+        if seen is None:
+            self._objects[key] = partition_id
+            if len(self._objects) > 100_000:
+                self._objects.popitem(last=False)
+        elif seen != partition_id:
+            self.split_objects += 1
+            self._objects[key] = partition_id
+            log.warning(
+                "object_on_several_partitions",
+                subject=decision.event.subject,
+                partitions=[seen, partition_id],
+                hint="set the Event Grid subscription's PartitionKey delivery property to the "
+                "subject so each object's events share a partition",
+            )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- SDK callbacks ------------------------------------------------------------------
+
+    async def _on_initialize(self, context: Any) -> None:
+        worker = PartitionWorker(self, context.partition_id)
+        self.workers[context.partition_id] = worker
+        self.stats.partitions.add(context.partition_id)
+        await worker.start()
+
+    async def _on_batch(self, context: Any, events: list[Any]) -> None:
+        worker = self.workers.get(context.partition_id)
+        if worker is None or worker.pipeline is None:
+            return
+        # Shielded so that losing the partition mid-batch lets the batch finish; close()
+        # waits for it before the final save (a half-dispatched batch would be lost).
+        worker.busy = asyncio.ensure_future(worker.process(events))
+        await asyncio.shield(worker.busy)
+
+    async def _on_close(self, context: Any, reason: Any) -> None:
+        worker = self.workers.pop(context.partition_id, None)
+        if worker is None:
+            return
+        flush = self._stop.is_set() and self.stop_when_idle is not None
+        await worker.close(release=True, flush=flush)
+        log.info(
+            "partition_lost" if "LOST" in str(reason) else "partition_stopped",
+            partition_id=context.partition_id,
+            reason=str(reason),
+        )
+
+    async def _on_error(self, context: Any, error: Exception) -> None:
+        partition = getattr(context, "partition_id", None)
+        log.warning("eventhub_error", partition_id=partition, error=repr(error))
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(self, client: Any, store: BlobPartitionStore) -> RunStats:
+        self.client = client
+        self.store = store
+        partition_ids = await client.get_partition_ids()
+        positions, inclusive = self.start_positions.sdk(partition_ids)
+        receiving = asyncio.ensure_future(
+            client.receive_batch(
+                on_event_batch=self._on_batch,
+                on_partition_initialize=self._on_initialize,
+                on_partition_close=self._on_close,
+                on_error=self._on_error,
+                max_batch_size=300,
+                max_wait_time=min(1.0, max(0.2, self.ruleset.ordering.grace_s / 2)),
+                starting_position=positions,
+                starting_position_inclusive=inclusive,
+                prefetch=300,
+            )
+        )
+        watcher = asyncio.ensure_future(self._watch_idle(partition_ids))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        watcher.cancel()
+        log.info("worker_stopping", owned=sorted(self.workers))
+        try:
+            await asyncio.wait_for(client.close(), self.settings.shutdown_timeout + 5)
+        except TimeoutError:
+            log.error("shutdown_timeout", left=sorted(self.workers))
+        for task in (receiving, stopping, watcher):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if receiving in done and receiving.exception() is not None:
+            raise WorkerError(f"receiving stopped: {receiving.exception()}")
+        return self.stats
+
+    async def _watch_idle(self, partition_ids: list[str]) -> None:
+        """`--stop-when-idle N`: stop once we own our share and nothing arrived for N s."""
+        if self.stop_when_idle is None:
+            return
+        expiry = self.settings.ownership_expiry
+        while True:
+            await asyncio.sleep(0.25)
+            if not self.workers or any(w.pipeline is None for w in self.workers.values()):
+                continue
+            try:
+                ownership = await self.store.list_ownership()
+            except Exception:  # storage hiccup: check again shortly
+                continue
+            now = time.time()
+            live = {
+                o["partition_id"]: o["owner_id"]
+                for o in ownership
+                if o.get("owner_id") and now - float(o.get("last_modified_time", 0)) < expiry
+            }
+            owners = set(live.values()) or {self.owner_id}
+            mine = sum(1 for owner in live.values() if owner == self.owner_id)
+            if len(live) < len(partition_ids) or mine < len(partition_ids) // len(owners):
+                self._last_event = time.monotonic()  # idle time counts once we own our share
+                continue
+            if time.monotonic() - self._last_event >= self.stop_when_idle:
+                log.info("idle_stop", idle_s=self.stop_when_idle)
+                self.stop()
+                return
+
+
+def install_signal_handlers(consumer: Consumer) -> None:
+    """First SIGTERM/SIGINT drains and stops; a second one exits at once."""
+    loop = asyncio.get_running_loop()
+    count = 0
+
+    def handler(signum: int) -> None:
+        nonlocal count
+        count += 1
+        if count > 1:
+            log.error("second_signal_exit", signal=signal.Signals(signum).name)
+            os._exit(1)
+        log.info("stop_requested", signal=signal.Signals(signum).name)
+        consumer.stop()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, handler, signum)
+
+
+async def run_worker(
+    settings: Settings,
+    ruleset: RuleSet,
+    start_positions: StartPositions,
+    *,
+    stop_when_idle: float | None = None,
+    executors: Mapping[str, Executor] | None = None,
+) -> RunStats:
+    """Build the clients from settings, check storage, run until stopped."""
+    from azure.core.exceptions import AzureError, HttpResponseError, ServiceRequestError
+
+    from worker.actions import available_executors
+    from worker.connections import blob_container, checkpoint_store, consumer_client
+
+    consumer = Consumer(
+        settings,
+        ruleset,
+        available_executors() if executors is None else executors,
+        environ=os.environ,
+        start_positions=start_positions,
+        stop_when_idle=stop_when_idle,
+    )
+    container = blob_container(settings)
+    address = f"{container.url}"
+    async with container:
+        try:
+            exists = await container.exists()
+        except (ServiceRequestError, HttpResponseError, AzureError) as exc:
+            raise ConfigError(f"checkpoint storage at {address} is unreachable: {exc}") from None
+        if not exists:
+            if not settings.create_container:
+                raise ConfigError(
+                    f"blob container {address} does not exist; create it or set "
+                    "AML_WORKER_CREATE_CONTAINER=true"
+                )
+            with contextlib.suppress(HttpResponseError):
+                await container.create_container()
+            log.info("container_created", container=address)
+        store_sdk = checkpoint_store(settings)
+        client = consumer_client(
+            settings, consumer_group=settings.consumer_group, checkpoint_store=store_sdk
+        )
+        async with store_sdk:
+            store = BlobPartitionStore(
+                container,
+                store_sdk,
+                fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
+                eventhub_name=client.eventhub_name,
+                consumer_group=settings.consumer_group,
+            )
+            install_signal_handlers(consumer)
+            log.info(
+                "worker_started",
+                eventhub=client.eventhub_name,
+                consumer_group=settings.consumer_group,
+                owner_id=consumer.owner_id,
+                rules=len(ruleset.rules),
+            )
+            return await consumer.run(client, store)
