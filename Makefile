@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: test lint demo clean
+.PHONY: test lint demo replay-demo clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,11 +23,14 @@ lint: $(STAMP)
 test: lint $(AZURITE)
 	$(VENV)/bin/pytest -q
 
-demo: $(STAMP)
+demo: $(STAMP) $(AZURITE)
+	$(PY) scripts/demo.py
+
+replay-demo: $(STAMP)
 	@mkdir -p .demo
 	AML_WORKER_LOG_FORMAT=console $(VENV)/bin/aml-event-worker replay \
 		--rules examples/rules.yaml --source file:examples/stream.jsonl --dry-run \
-		--output - --summary-json .demo/summary.json --dead-letter .demo/deadletter.jsonl
+		--output - --summary-json .demo/replay-summary.json --dead-letter .demo/deadletter.jsonl
 
 clean:
 	rm -rf $(VENV) node_modules .demo .pytest_cache .ruff_cache .hypothesis

@@ -136,10 +136,18 @@ class Azurite:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [
-                str(AZURITE), "--silent", "--loose", "--skipApiVersionCheck",
-                "--disableTelemetry", "--location", str(self.location),
-                "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
-            ],  # fmt: skip
+                str(AZURITE),
+                "--silent",
+                "--loose",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+                "--location",
+                str(self.location),
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(self.port),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,

@@ -78,7 +78,9 @@ async def test_dead_letters_are_named_by_coordinates(store):
     await store.dead_letter("3", "17-body", {"reason": "not JSON", "n": 1})
     await store.dead_letter("3", "17-body", {"reason": "not JSON", "n": 2})  # re-read: overwrite
     records = await store.list_dead_letters()
-    assert [(r["blob"].rsplit("/", 2)[-2:], r["n"]) for r in records] == [(["3", "17-body.json"], 2)]
+    assert [(r["blob"].rsplit("/", 2)[-2:], r["n"]) for r in records] == [
+        (["3", "17-body.json"], 2)
+    ]
 
 
 async def test_reset_state_keeps_other_blobs(store):

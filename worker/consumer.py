@@ -488,6 +488,7 @@ class Consumer:
         if self.stop_when_idle is None:
             return
         expiry = self.settings.ownership_expiry
+        owned_since: float | None = None
         while True:
             await asyncio.sleep(0.25)
             if not self.workers or any(w.pipeline is None for w in self.workers.values()):
@@ -502,12 +503,15 @@ class Consumer:
                 for o in ownership
                 if o.get("owner_id") and now - float(o.get("last_modified_time", 0)) < expiry
             }
-            owners = set(live.values()) or {self.owner_id}
-            mine = sum(1 for owner in live.values() if owner == self.owner_id)
+            owners = set(live.values()) or {"us"}
+            mine = len(self.workers)  # the SDK's owner id is its own; our callbacks know ours
             if len(live) < len(partition_ids) or mine < len(partition_ids) // len(owners):
-                self._last_event = time.monotonic()  # idle time counts once we own our share
+                owned_since = None  # idle time counts only once we own our share
                 continue
-            if time.monotonic() - self._last_event >= self.stop_when_idle:
+            if owned_since is None:
+                owned_since = time.monotonic()
+            quiet_since = max(owned_since, self._last_event)
+            if time.monotonic() - quiet_since >= self.stop_when_idle:
                 log.info("idle_stop", idle_s=self.stop_when_idle)
                 self.stop()
                 return
@@ -557,7 +561,7 @@ async def run_worker(
     address = f"{container.url}"
     async with container:
         try:
-            exists = await container.exists()
+            exists = await container.exists(retry_total=0, connection_timeout=10)
         except (ServiceRequestError, HttpResponseError, AzureError) as exc:
             raise ConfigError(f"checkpoint storage at {address} is unreachable: {exc}") from None
         if not exists:

@@ -61,6 +61,9 @@ async def send_file(
     producer = producer_client(settings, connection_string)
     sent = 0
     async with producer:
+        # Round-robin per message, as Event Grid without a PartitionKey does: assign the
+        # partitions ourselves so that consecutive messages can still share batches.
+        spread = await producer.get_partition_ids() if not by_subject and not partition_id else []
         batch: Any = None
         batch_key: tuple[str | None, str | None] | None = None
 
@@ -71,12 +74,13 @@ async def send_file(
                 sent += len(batch)
             batch = None
 
-        for body, _origin in read_jsonl(path):
+        for number, (body, _origin) in enumerate(read_jsonl(path)):
             key = subject_of(body) if by_subject and partition_id is None else None
-            if batch is None or batch_key != (key, partition_id):
+            target = spread[number % len(spread)] if spread else partition_id
+            if batch is None or batch_key != (key, target):
                 await flush()
-                batch = await producer.create_batch(partition_key=key, partition_id=partition_id)
-                batch_key = (key, partition_id)
+                batch = await producer.create_batch(partition_key=key, partition_id=target)
+                batch_key = (key, target)
             event = EventData(body)
             if properties:
                 event.properties = dict(properties)
@@ -84,7 +88,7 @@ async def send_file(
                 batch.add(event)
             except ValueError:  # batch full
                 await flush()
-                batch = await producer.create_batch(partition_key=key, partition_id=partition_id)
+                batch = await producer.create_batch(partition_key=key, partition_id=target)
                 batch.add(event)
         await flush()
         return sent, producer.eventhub_name

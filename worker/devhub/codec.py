@@ -23,6 +23,7 @@ __all__ = [
     "decode_value",
     "encode_binary",
     "encode_described",
+    "encode_int",
     "encode_list32",
     "encode_long",
     "encode_map",

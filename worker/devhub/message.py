@@ -32,7 +32,9 @@ from worker.devhub.codec import (
 __all__ = [
     "InboundEvent",
     "MessageFormatError",
+    "Section",
     "consumer_payload",
+    "sections",
     "split_delivery",
 ]
 
@@ -75,7 +77,9 @@ class MessageFormatError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class _Section:
+class Section:
+    """Where one message section sits in an encoded message."""
+
     code: int
     start: int  # of the section's descriptor
     value_start: int
@@ -98,8 +102,9 @@ class InboundEvent:
     partition_key: str | None
 
 
-def _sections(buf: bytes | memoryview) -> list[_Section]:
-    sections: list[_Section] = []
+def sections(buf: bytes | memoryview) -> list[Section]:
+    """Cut an encoded message into its sections (MessageFormatError if it is not one)."""
+    found: list[Section] = []
     pos = 0
     total = len(buf)
     while pos < total:
@@ -119,14 +124,14 @@ def _sections(buf: bytes | memoryview) -> list[_Section]:
         if not HEADER <= code <= FOOTER:
             raise MessageFormatError("unknown message section")
         end = skip_value(buf, value_start)
-        sections.append(_Section(code, pos, value_start, end))
+        found.append(Section(code, pos, value_start, end))
         pos = end
-    if not sections:
+    if not found:
         raise MessageFormatError("an empty message")
-    return sections
+    return found
 
 
-def _binary_content(buf: bytes, section: _Section) -> memoryview:
+def _binary_content(buf: bytes, section: Section) -> memoryview:
     constructor = buf[section.value_start]
     if constructor == 0xA0:
         return memoryview(buf)[section.value_start + 2 : section.end]
@@ -139,13 +144,13 @@ def _looks_like_message(data: memoryview) -> bool:
     if len(data) < 4 or data[0] != 0x00 or data[1] != 0x53 or not HEADER <= data[2] <= FOOTER:
         return False
     try:
-        _sections(data)
+        sections(data)
     except (MessageFormatError, AmqpDecodeError, UnicodeDecodeError):
         return False
     return True
 
 
-def _annotations(buf: bytes | memoryview, section: _Section) -> tuple[bytes, int, str | None]:
+def _annotations(buf: bytes | memoryview, section: Section) -> tuple[bytes, int, str | None]:
     """Split a message-annotations section into kept pairs, their count and the partition key."""
     value, _ = decode_value(buf, section.value_start)  # validates the whole map
     if not isinstance(value, dict):
@@ -178,11 +183,11 @@ def _annotations(buf: bytes | memoryview, section: _Section) -> tuple[bytes, int
     return bytes(kept), kept_count, partition_key
 
 
-def _event(buf: bytes, sections: list[_Section], partition_key: str | None) -> InboundEvent:
+def _event(buf: bytes, parts: list[Section], partition_key: str | None) -> InboundEvent:
     head = b""
     kept, kept_count, own_key = b"", 0, None
     tail = bytearray()
-    for section in sections:
+    for section in parts:
         if section.code == HEADER:
             head = buf[section.start : section.end]
         elif section.code == MESSAGE_ANNOTATIONS:
@@ -197,22 +202,22 @@ def _event(buf: bytes, sections: list[_Section], partition_key: str | None) -> I
 def split_delivery(payload: bytes) -> tuple[str | None, list[InboundEvent]]:
     """Return the delivery's partition key and its events (one, or a batch's several)."""
     try:
-        sections = _sections(payload)
-        bodies = [s for s in sections if s.code in (DATA, AMQP_SEQUENCE, AMQP_VALUE)]
+        parts = sections(payload)
+        bodies = [s for s in parts if s.code in (DATA, AMQP_SEQUENCE, AMQP_VALUE)]
         batch_key: str | None = None
-        for section in sections:
+        for section in parts:
             if section.code == MESSAGE_ANNOTATIONS:
                 batch_key = _annotations(payload, section)[2]
         is_batch = bool(bodies) and all(
             s.code == DATA and _looks_like_message(_binary_content(payload, s)) for s in bodies
         )
         if not is_batch:
-            event = _event(payload, sections, None)
+            event = _event(payload, parts, None)
             return event.partition_key, [event]
         events = []
         for section in bodies:
             inner = bytes(_binary_content(payload, section))
-            events.append(_event(inner, _sections(inner), batch_key))
+            events.append(_event(inner, sections(inner), batch_key))
         if batch_key is None:
             keys = {e.partition_key for e in events}
             batch_key = keys.pop() if len(keys) == 1 else None

@@ -70,7 +70,7 @@ def parse_selector(expression: str) -> Position:
     if raw == "-1":
         return START
     if raw == "@latest":
-        return START
+        return END
     try:
         value = int(raw)
     except ValueError:

@@ -1,0 +1,676 @@
+"""dev-hub against the real `azure-eventhub` clients (async producer and consumer), on loopback.
+
+Every assertion is about what the SDK exposes (`EventData`, partition properties, `on_error`),
+so a server that answers differently from Event Hubs where a consumer's guarantees depend on it
+fails here. The server runs in-process on a free port; the entry point runs as a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import signal
+import sys
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.eventhub import EventData
+from proton.utils import BlockingConnection, LinkDetached
+from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
+
+from worker.devhub import (
+    DEFAULT_HUB,
+    DEFAULT_PARTITIONS,
+    DevHub,
+    connection_string,
+    parse_hub_spec,
+)
+from worker.devhub.partitioning import partition_index
+from worker.errors import ConfigError
+
+HUB = "aml-events"
+LB_INTERVAL_S = 0.5
+Received = list[tuple[str, EventData]]
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[DevHub]:
+    async with DevHub(port=0, hubs={HUB: 4, "other": 2}) as server:
+        yield server
+
+
+def producer(server: DevHub | str, hub_name: str = HUB, **kwargs: Any) -> EventHubProducerClient:
+    conn = server if isinstance(server, str) else server.connection_string(hub_name)
+    return EventHubProducerClient.from_connection_string(conn, **kwargs)
+
+
+async def collect(
+    conn: str,
+    until: Callable[[Received], bool],
+    *,
+    timeout_s: float = 10.0,
+    consumer_group: str = "$Default",
+    client_kwargs: dict[str, Any] | None = None,
+    **receive_kwargs: Any,
+) -> Received:
+    """Receive with the real consumer client until `until(received)` holds or time runs out."""
+    received: Received = []
+    done = asyncio.Event()
+
+    async def on_event(context: Any, event: EventData | None) -> None:
+        if event is not None:
+            received.append((context.partition_id, event))
+            if until(received):
+                done.set()
+
+    client = EventHubConsumerClient.from_connection_string(
+        conn,
+        consumer_group=consumer_group,
+        load_balancing_interval=LB_INTERVAL_S,
+        **(client_kwargs or {}),
+    )
+    task = asyncio.create_task(client.receive(on_event, **receive_kwargs))
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), timeout_s)
+    finally:
+        await client.close()
+        await task
+    return received
+
+
+def count_reaches(n: int) -> Callable[[Received], bool]:
+    return lambda received: len(received) >= n
+
+
+def bodies(received: Received) -> list[str]:
+    return [event.body_as_str() for _, event in received]
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# --- names and connection strings ----------------------------------------------------------
+
+
+def test_parse_hub_spec() -> None:
+    """`name` gets the default partition count, `name:N` sets it; bad specs say why."""
+    assert parse_hub_spec("aml-events") == ("aml-events", DEFAULT_PARTITIONS)
+    assert parse_hub_spec("hub.2_x:8") == ("hub.2_x", 8)
+    for bad, word in [("", "hub name"), ("-x", "hub name"), ("a:0", "between"), ("a:x", "whole")]:
+        with pytest.raises(ValueError, match=word):
+            parse_hub_spec(bad)
+
+
+def test_connection_string_is_the_emulator_form() -> None:
+    """TLS is off only with `UseDevelopmentEmulator=true`; EntityPath only when a hub is given."""
+    text = connection_string("127.0.0.1", 5999, DEFAULT_HUB)
+    assert text == (
+        "Endpoint=sb://127.0.0.1:5999;SharedAccessKeyName=RootManageSharedAccessKey;"
+        "SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true;EntityPath=aml-events"
+    )
+    assert "EntityPath" not in connection_string("127.0.0.1", 5999)
+
+
+# --- $management -----------------------------------------------------------------------------
+
+
+async def test_hub_and_partition_properties(hub: DevHub) -> None:
+    """get_eventhub_properties / get_partition_properties report Event Hubs' fields."""
+    async with producer(hub) as client:
+        props = await client.get_eventhub_properties()
+        assert props["eventhub_name"] == HUB
+        assert props["partition_ids"] == ["0", "1", "2", "3"]
+        assert abs(props["created_at"] - now()) < dt.timedelta(minutes=1)
+        assert await client.get_partition_ids() == ["0", "1", "2", "3"]
+
+        empty = await client.get_partition_properties("2")
+        assert empty["id"] == "2"
+        assert empty["eventhub_name"] == HUB
+        assert empty["is_empty"] is True
+        assert empty["beginning_sequence_number"] == 0
+        assert empty["last_enqueued_sequence_number"] == -1
+        assert empty["last_enqueued_offset"] == "-1"
+
+        await client.send_event(EventData("a"), partition_id="2")
+        await client.send_event(EventData("b"), partition_id="2")
+        filled = await client.get_partition_properties("2")
+    assert filled["is_empty"] is False
+    assert filled["last_enqueued_sequence_number"] == 1
+    assert abs(filled["last_enqueued_time_utc"] - now()) < dt.timedelta(minutes=1)
+    received = await collect(
+        hub.connection_string(HUB), count_reaches(2), partition_id="2", starting_position="-1"
+    )
+    assert filled["last_enqueued_offset"] == received[-1][1].offset
+
+    async with producer(hub, "other") as client:
+        assert (await client.get_eventhub_properties())["partition_ids"] == ["0", "1"]
+
+
+# --- producers -------------------------------------------------------------------------------
+
+
+async def test_partition_key_routing(hub: DevHub) -> None:
+    """One key always lands in one partition (a stable hash); different keys spread out."""
+    keys = [f"experiments/e/runs/r{i}" for i in range(24)]
+    async with producer(hub) as client:
+        for round_ in range(2):
+            for key in keys:
+                await client.send_event(EventData(f"{key}#{round_}"), partition_key=key)
+        batch = await client.create_batch(partition_key=keys[0])
+        batch.add(EventData(f"{keys[0]}#batch"))
+        await client.send_batch(batch)
+    received = await collect(
+        hub.connection_string(HUB), count_reaches(2 * len(keys) + 1), starting_position="-1"
+    )
+    partitions_of: dict[str, set[str]] = defaultdict(set)
+    for partition_id, event in received:
+        assert event.partition_key is not None
+        partitions_of[event.partition_key.decode()].add(partition_id)
+    assert sorted(partitions_of) == sorted(keys)
+    assert all(len(p) == 1 for p in partitions_of.values()), partitions_of
+    used = {p for ps in partitions_of.values() for p in ps}
+    assert len(used) >= 3, used
+    # Deterministic: the lookup3 mapping, the same in every process and after restarts.
+    for key, ps in partitions_of.items():
+        assert ps == {str(partition_index(key, 4))}
+
+
+async def sizes(client: EventHubProducerClient) -> list[int]:
+    """Events per partition, from get_partition_properties (asked concurrently: each is slow)."""
+    properties = await asyncio.gather(*(client.get_partition_properties(p) for p in "0123"))
+    return [p["last_enqueued_sequence_number"] + 1 for p in properties]
+
+
+async def test_round_robin_without_key(hub: DevHub) -> None:
+    """Sends without key or partition rotate over the partitions; a batch stays together."""
+    async with producer(hub) as client:
+        for i in range(8):
+            await client.send_event(EventData(f"rr{i}"))
+        counts = await sizes(client)
+        assert counts == [2, 2, 2, 2]
+        batch = await client.create_batch()
+        for i in range(3):
+            batch.add(EventData(f"together{i}"))
+        await client.send_batch(batch)
+        after = await sizes(client)
+    assert sorted(a - c for a, c in zip(after, counts, strict=True)) == [0, 0, 0, 3]
+
+
+async def test_batch_to_partition_keeps_each_event(hub: DevHub) -> None:
+    """An EventDataBatch is split into its events, each with its own properties and body."""
+    async with producer(hub) as client:
+        batch = await client.create_batch(partition_id="3")
+        for i in range(5):
+            event = EventData(f'{{"n": {i}}}')
+            event.properties = {"n": i, "kind": f"k{i}", "flag": i % 2 == 0}
+            event.content_type = "application/json"
+            batch.add(event)
+        await client.send_batch(batch)
+        await client.send_event(EventData("single"), partition_id="3")
+    received = await collect(
+        hub.connection_string(HUB), count_reaches(6), partition_id="3", starting_position="-1"
+    )
+    assert bodies(received) == [f'{{"n": {i}}}' for i in range(5)] + ["single"]
+    events = [event for _, event in received]
+    assert [e.sequence_number for e in events] == list(range(6))
+    for i, event in enumerate(events[:5]):
+        assert event.properties == {b"n": i, b"kind": f"k{i}".encode(), b"flag": i % 2 == 0}
+        assert event.content_type == "application/json"
+    assert not events[5].properties
+    offsets = [int(e.offset) for e in events]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 6
+
+
+def attach_error(port: int, address: str, *, sender: bool) -> str:
+    """Attach with proton's own blocking client; the error condition of the detach, if any."""
+    connection = BlockingConnection(
+        f"amqp://127.0.0.1:{port}", allowed_mechs="ANONYMOUS", timeout=10
+    )
+    try:
+        if sender:
+            connection.create_sender(address)
+        else:
+            connection.create_receiver(address)
+        return ""
+    except LinkDetached as exc:
+        return str(exc.condition.name) if exc.condition else "detached"
+    finally:
+        connection.close()
+
+
+async def test_unknown_entities_are_refused(hub: DevHub) -> None:
+    """Unknown hubs and partitions: the SDK gets a 404 from $management, and a link to them is
+    attached then detached with amqp:not-found (seen with proton's client, because the SDK
+    checks partition ids itself before it attaches)."""
+    async with producer(hub, "no-such-hub", retry_total=0) as client:
+        with pytest.raises(Exception, match=r"404"):
+            await client.get_eventhub_properties()
+    cases = [
+        (f"{HUB}/ConsumerGroups/$Default/Partitions/9", False, "amqp:not-found"),
+        ("no-such-hub/ConsumerGroups/$Default/Partitions/0", False, "amqp:not-found"),
+        (f"amqps://127.0.0.1/{HUB}/Partitions/4", True, "amqp:not-found"),
+        ("no-such-hub", True, "amqp:not-found"),
+        (f"{HUB}/ConsumerGroups/any-group/Partitions/3", False, ""),
+        (f"{HUB}/Partitions/3", True, ""),
+    ]
+    for address, sender, expected in cases:
+        assert await asyncio.to_thread(attach_error, hub.port, address, sender=sender) == expected
+
+
+async def test_large_event_round_trip(hub: DevHub) -> None:
+    """A ~1 MB event crosses as a multi-frame delivery and comes back byte for byte."""
+    body = os.urandom(1_000_000)
+    async with producer(hub) as client:
+        await client.send_event(EventData(body), partition_id="1")
+    received = await collect(
+        hub.connection_string(HUB), count_reaches(1), partition_id="1", starting_position="-1"
+    )
+    assert b"".join(received[0][1].body) == body
+
+
+# --- consumers -------------------------------------------------------------------------------
+
+
+async def test_annotations_as_the_sdk_exposes_them(hub: DevHub) -> None:
+    """sequence_number, offset, enqueued_time, partition_key and properties on EventData."""
+    before = now() - dt.timedelta(seconds=1)
+    async with producer(hub) as client:
+        event = EventData("hello")
+        event.properties = {"subject": "models/m1", "n": 7}
+        await client.send_event(event, partition_key="models/m1")
+    received = await collect(hub.connection_string(HUB), count_reaches(1), starting_position="-1")
+    (_, got) = received[0]
+    assert got.body_as_str() == "hello"
+    assert got.sequence_number == 0
+    assert isinstance(got.offset, str) and int(got.offset) >= 0
+    assert got.enqueued_time is not None and before <= got.enqueued_time <= now()
+    assert got.partition_key == b"models/m1"
+    assert got.properties == {b"subject": b"models/m1", b"n": 7}
+    system = got.system_properties
+    assert system[b"x-opt-sequence-number"] == 0
+    assert system[b"x-opt-offset"] == got.offset.encode()
+
+
+async def test_starting_positions(hub: DevHub) -> None:
+    """-1, @latest, sequence number, offset and enqueued time, inclusive and exclusive."""
+    conn = hub.connection_string(HUB)
+    async with producer(hub) as client:
+        for partition_id in ("0", "1", "2", "3"):
+            first = await client.create_batch(partition_id=partition_id)
+            for i in range(5):
+                first.add(EventData(f"a{i}"))
+            await client.send_batch(first)
+        await asyncio.sleep(0.02)  # the second group gets a later enqueued time
+        for partition_id in ("0", "1", "2", "3"):
+            second = await client.create_batch(partition_id=partition_id)
+            for i in range(5, 10):
+                second.add(EventData(f"b{i}"))
+            await client.send_batch(second)
+
+    everything = await collect(conn, count_reaches(40), starting_position="-1")
+    by_partition: dict[str, list[EventData]] = defaultdict(list)
+    for partition_id, event in everything:
+        by_partition[partition_id].append(event)
+    assert {p: len(e) for p, e in by_partition.items()} == {p: 10 for p in "0123"}
+    for events in by_partition.values():
+        assert [e.sequence_number for e in events] == list(range(10))
+    p0, p1, p2, p3 = (by_partition[p] for p in "0123")
+    assert p0[4].enqueued_time < p0[5].enqueued_time
+
+    def first_sequence_numbers(positions: dict[str, Any], inclusive: dict[str, bool]) -> Any:
+        async def run() -> dict[str, int]:
+            received = await collect(
+                conn,
+                lambda r: {p for p, _ in r} >= set(positions),
+                starting_position=positions,
+                starting_position_inclusive=inclusive,
+            )
+            firsts: dict[str, int] = {}
+            for partition_id, event in received:
+                firsts.setdefault(partition_id, event.sequence_number)
+            return firsts
+
+        return run()
+
+    assert await first_sequence_numbers(
+        {"0": 3, "1": 3, "2": p2[5].offset, "3": p3[5].offset},
+        {"0": True, "1": False, "2": True, "3": False},
+    ) == {"0": 3, "1": 4, "2": 5, "3": 6}
+    assert await first_sequence_numbers(
+        {"0": p0[5].enqueued_time, "1": p1[4].enqueued_time, "2": "-1"},
+        {"0": True, "1": False, "2": False},
+    ) == {"0": 5, "1": 5, "2": 0}
+
+    # @latest: only what is sent after the receiver attached.
+    async def send_later() -> None:
+        await asyncio.sleep(1.5)
+        async with producer(hub) as client:
+            await client.send_event(EventData("late"), partition_id="0")
+
+    sender = asyncio.create_task(send_later())
+    latest = await collect(conn, count_reaches(1), partition_id="0", starting_position="@latest")
+    await sender
+    assert [(e.sequence_number, e.body_as_str()) for _, e in latest] == [(10, "late")]
+
+
+async def test_bad_position_is_argument_out_of_range(hub: DevHub) -> None:
+    """A start beyond the end is refused with Event Hubs' argument-out-of-range condition."""
+    errors: list[Exception] = []
+
+    async def on_error(context: Any, error: Exception) -> None:
+        errors.append(error)
+
+    received = await collect(
+        hub.connection_string(HUB),
+        lambda r: False,
+        timeout_s=2.0,
+        client_kwargs={"retry_total": 0},
+        partition_id="0",
+        starting_position=100,
+        on_error=on_error,
+    )
+    assert received == []
+    assert any("argument-out-of-range" in str(e) for e in errors), errors
+
+
+async def test_consumer_groups_are_independent(hub: DevHub) -> None:
+    """Any consumer group name works; each group sees every event."""
+    async with producer(hub) as client:
+        for i in range(3):
+            await client.send_event(EventData(f"g{i}"), partition_id="1")
+    conn = hub.connection_string(HUB)
+    for group in ("$Default", f"analytics-{uuid.uuid4().hex[:6]}"):
+        received = await collect(
+            conn, count_reaches(3), consumer_group=group, partition_id="1", starting_position="-1"
+        )
+        assert bodies(received) == ["g0", "g1", "g2"]
+
+
+async def test_higher_epoch_steals_the_partition(hub: DevHub) -> None:
+    """owner_level 2 detaches owner_level 1 (amqp:link:stolen); only the new owner gets events."""
+    conn = hub.connection_string(HUB)
+    first: list[str] = []
+    first_errors: list[Exception] = []
+    second: list[str] = []
+    got_e1 = asyncio.Event()
+    got_e2 = asyncio.Event()
+
+    async def on_first(context: Any, event: EventData | None) -> None:
+        if event is not None:
+            first.append(event.body_as_str())
+            got_e1.set()
+
+    async def on_first_error(context: Any, error: Exception) -> None:
+        first_errors.append(error)
+
+    async def on_second(context: Any, event: EventData | None) -> None:
+        if event is not None:
+            second.append(event.body_as_str())
+            if event.body_as_str() == "e2":
+                got_e2.set()
+
+    old = EventHubConsumerClient.from_connection_string(
+        conn, consumer_group="$Default", load_balancing_interval=LB_INTERVAL_S
+    )
+    new = EventHubConsumerClient.from_connection_string(
+        conn, consumer_group="$Default", load_balancing_interval=LB_INTERVAL_S
+    )
+    old_task = asyncio.create_task(
+        old.receive(
+            on_first,
+            partition_id="0",
+            owner_level=1,
+            starting_position="-1",
+            on_error=on_first_error,
+        )
+    )
+    new_task: asyncio.Task[None] | None = None
+    try:
+        async with producer(hub) as client:
+            await client.send_event(EventData("e1"), partition_id="0")
+            await asyncio.wait_for(got_e1.wait(), 10)
+            new_task = asyncio.create_task(
+                new.receive(on_second, partition_id="0", owner_level=2, starting_position="-1")
+            )
+            for _ in range(100):
+                if first_errors:
+                    break
+                await asyncio.sleep(0.05)
+            await client.send_event(EventData("e2"), partition_id="0")
+            await asyncio.wait_for(got_e2.wait(), 10)
+            await asyncio.sleep(0.3)  # room for a (wrong) delivery to the old owner
+    finally:
+        await old.close()
+        await new.close()
+        await old_task
+        if new_task is not None:
+            await new_task
+    assert any("link:stolen" in str(e) for e in first_errors), first_errors
+    assert first == ["e1"]
+    assert second == ["e1", "e2"]
+
+
+async def test_load_balancing_with_blob_checkpoints(hub: DevHub, azurite: Any) -> None:
+    """Two processors with BlobCheckpointStore share the partitions; a takeover resumes at the
+    checkpoint (offset, exclusive), so no event is lost or read twice after checkpointing."""
+    from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+    from azure.storage.blob.aio import ContainerClient
+
+    container = f"dh{uuid.uuid4().hex[:12]}"
+    async with ContainerClient.from_connection_string(
+        azurite.connection_string, container
+    ) as blobs:
+        await blobs.create_container()
+    conn = hub.connection_string(HUB)
+    seen: dict[str, list[tuple[str, int]]] = {"a": [], "b": []}
+
+    def handler(name: str) -> Callable[[Any, EventData | None], Any]:
+        async def on_event(context: Any, event: EventData | None) -> None:
+            if event is not None:
+                seen[name].append((context.partition_id, event.sequence_number))
+                await context.update_checkpoint(event)
+
+        return on_event
+
+    async with producer(hub) as client:
+        for partition_id in "0123":
+            await client.send_event(EventData("old"), partition_id=partition_id)
+
+    stores = [
+        BlobCheckpointStore.from_connection_string(azurite.connection_string, container)
+        for _ in range(2)
+    ]
+    clients = [
+        EventHubConsumerClient.from_connection_string(
+            conn,
+            consumer_group="$Default",
+            checkpoint_store=store,
+            load_balancing_interval=LB_INTERVAL_S,
+            partition_ownership_expiration_interval=10,
+        )
+        for store in stores
+    ]
+    tasks = [asyncio.create_task(clients[0].receive(handler("a"), starting_position="-1"))]
+    try:
+        for _ in range(200):
+            if len(seen["a"]) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(seen["a"]) == [(p, 0) for p in "0123"]
+        tasks.append(asyncio.create_task(clients[1].receive(handler("b"), starting_position="-1")))
+        for _ in range(200):  # wait until the second processor owns two partitions
+            owners = Counter(
+                o["owner_id"]
+                for o in await stores[0].list_ownership(f"127.0.0.1:{hub.port}", HUB, "$Default")
+            )
+            if sorted(owners.values()) == [2, 2]:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(owners.values()) == [2, 2], owners
+        await asyncio.sleep(3 * LB_INTERVAL_S)
+        async with producer(hub) as client:
+            for partition_id in "0123":
+                await client.send_event(EventData("new"), partition_id=partition_id)
+        for _ in range(200):
+            if len([x for x in seen["a"] + seen["b"] if x[1] == 1]) >= 4:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        for client in clients:
+            await client.close()
+        await asyncio.gather(*tasks)
+        for store in stores:
+            await store.close()
+    new_events = sorted(x for x in seen["a"] + seen["b"] if x[1] == 1)
+    assert new_events == [(p, 1) for p in "0123"], seen
+    assert [x for x in seen["b"] if x[1] == 0] == [], "the takeover re-read checkpointed events"
+    assert {p for p, s in seen["b"] if s == 1}, "the second processor received nothing"
+
+
+# --- persistence -----------------------------------------------------------------------------
+
+
+def snapshot(received: Received) -> list[tuple[Any, ...]]:
+    return sorted(
+        (
+            partition_id,
+            e.sequence_number,
+            e.offset,
+            e.enqueued_time,
+            e.partition_key,
+            e.body_as_str(),
+            tuple(sorted(e.properties.items())),
+        )
+        for partition_id, e in received
+    )
+
+
+async def fill(server: DevHub) -> None:
+    async with producer(server) as client:
+        batch = await client.create_batch(partition_id="0")
+        for i in range(3):
+            event = EventData(f"p0-{i}")
+            event.properties = {"i": i}
+            batch.add(event)
+        await client.send_batch(batch)
+        await client.send_event(EventData("keyed"), partition_key="object-1")
+
+
+async def test_data_dir_survives_a_restart(tmp_path: Path) -> None:
+    """Events, sequence numbers, offsets and times come back; numbering continues."""
+    data_dir = tmp_path / "hub"
+    async with DevHub(port=0, hubs={HUB: 2}, data_dir=data_dir) as server:
+        await fill(server)
+        before = await collect(
+            server.connection_string(HUB), count_reaches(4), starting_position="-1"
+        )
+    async with DevHub(port=0, hubs={HUB: 2}, data_dir=data_dir) as server:
+        conn = server.connection_string(HUB)
+        after = await collect(conn, count_reaches(4), starting_position="-1")
+        assert len(before) == 4
+        assert snapshot(after) == snapshot(before)
+        async with producer(server) as client:
+            await client.send_event(EventData("p0-3"), partition_id="0")
+        more = await collect(conn, count_reaches(4), partition_id="0", starting_position="-1")
+    last_before = max((e for p, e in before if p == "0"), key=lambda e: e.sequence_number)
+    assert [e.sequence_number for _, e in more] == [0, 1, 2, 3]
+    assert more[-1][1].body_as_str() == "p0-3"
+    assert int(more[-1][1].offset) > int(last_before.offset)
+
+
+async def test_data_dir_partition_count_is_fixed(tmp_path: Path) -> None:
+    """Reopening a data dir with another partition count is a clear configuration error."""
+    async with DevHub(port=0, hubs={HUB: 2}, data_dir=tmp_path):
+        pass
+    with pytest.raises(ConfigError, match=r"has 2 partitions, but 3 were asked for"):
+        await DevHub(port=0, hubs={HUB: 3}, data_dir=tmp_path).start()
+
+
+# --- the entry point -------------------------------------------------------------------------
+
+
+async def start_process(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.devhub",
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 20)
+    return process, line.decode().strip()
+
+
+async def test_entry_point_prints_connection_string_and_stops_on_sigterm() -> None:
+    """One stdout line (the first hub's connection string); SIGTERM exits 0."""
+    process, line = await start_process("--hub", "first:2", "--hub", "second")
+    try:
+        assert line.startswith("Endpoint=sb://127.0.0.1:")
+        assert line.endswith(";UseDevelopmentEmulator=true;EntityPath=first")
+        async with producer(line) as client:
+            assert (await client.get_eventhub_properties())["partition_ids"] == ["0", "1"]
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert process.stdout is not None
+        assert await process.stdout.read() == b""  # nothing but the one line
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_accepted_events_survive_sigkill(tmp_path: Path) -> None:
+    """What the server Accepted is on disk even when the server is killed without warning."""
+    process, line = await start_process("--hub", f"{HUB}:2", "--data-dir", str(tmp_path))
+    try:
+        async with producer(line) as client:
+            for i in range(5):
+                await client.send_event(EventData(f"k{i}"), partition_id=str(i % 2))
+    finally:
+        process.kill()
+        await process.wait()
+    async with DevHub(port=0, hubs={HUB: 2}, data_dir=tmp_path) as server:
+        received = await collect(
+            server.connection_string(HUB), count_reaches(5), starting_position="-1"
+        )
+    assert sorted(bodies(received)) == [f"k{i}" for i in range(5)]
+
+
+# --- throughput --------------------------------------------------------------------------------
+
+
+async def test_throughput_smoke(hub: DevHub) -> None:
+    """5,000 events in batches come back complete and in order."""
+    total = 5000
+    async with producer(hub) as client:
+        sent = 0
+        while sent < total:
+            batch = await client.create_batch(partition_id="2")
+            while sent < total:
+                try:
+                    batch.add(EventData(f"{sent:05d}"))
+                except ValueError:
+                    break
+                sent += 1
+            await client.send_batch(batch)
+    received = await collect(
+        hub.connection_string(HUB),
+        count_reaches(total),
+        timeout_s=30,
+        partition_id="2",
+        starting_position="-1",
+    )
+    assert bodies(received) == [f"{i:05d}" for i in range(total)]
+    assert [e.sequence_number for _, e in received] == list(range(total))
