@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 from azure.eventhub import EventData
-from proton.utils import BlockingConnection, LinkDetached
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
+from proton.utils import BlockingConnection, LinkDetached
 
 from worker.devhub import (
     DEFAULT_HUB,
@@ -124,24 +124,26 @@ def test_connection_string_is_the_emulator_form() -> None:
 
 async def test_hub_and_partition_properties(hub: DevHub) -> None:
     """get_eventhub_properties / get_partition_properties report Event Hubs' fields."""
-    async with producer(hub) as client:
-        props = await client.get_eventhub_properties()
-        assert props["eventhub_name"] == HUB
-        assert props["partition_ids"] == ["0", "1", "2", "3"]
-        assert abs(props["created_at"] - now()) < dt.timedelta(minutes=1)
-        assert await client.get_partition_ids() == ["0", "1", "2", "3"]
-
-        empty = await client.get_partition_properties("2")
-        assert empty["id"] == "2"
-        assert empty["eventhub_name"] == HUB
-        assert empty["is_empty"] is True
-        assert empty["beginning_sequence_number"] == 0
-        assert empty["last_enqueued_sequence_number"] == -1
-        assert empty["last_enqueued_offset"] == "-1"
-
+    async with producer(hub) as client, producer(hub, "other") as other:
+        props, ids, empty, other_props = await asyncio.gather(
+            client.get_eventhub_properties(),
+            client.get_partition_ids(),
+            client.get_partition_properties("2"),
+            other.get_eventhub_properties(),
+        )
         await client.send_event(EventData("a"), partition_id="2")
         await client.send_event(EventData("b"), partition_id="2")
         filled = await client.get_partition_properties("2")
+    assert props["eventhub_name"] == HUB
+    assert props["partition_ids"] == ids == ["0", "1", "2", "3"]
+    assert abs(props["created_at"] - now()) < dt.timedelta(minutes=1)
+    assert other_props["partition_ids"] == ["0", "1"]
+    assert empty["id"] == "2"
+    assert empty["eventhub_name"] == HUB
+    assert empty["is_empty"] is True
+    assert empty["beginning_sequence_number"] == 0
+    assert empty["last_enqueued_sequence_number"] == -1
+    assert empty["last_enqueued_offset"] == "-1"
     assert filled["is_empty"] is False
     assert filled["last_enqueued_sequence_number"] == 1
     assert abs(filled["last_enqueued_time_utc"] - now()) < dt.timedelta(minutes=1)
@@ -149,27 +151,30 @@ async def test_hub_and_partition_properties(hub: DevHub) -> None:
         hub.connection_string(HUB), count_reaches(2), partition_id="2", starting_position="-1"
     )
     assert filled["last_enqueued_offset"] == received[-1][1].offset
-
-    async with producer(hub, "other") as client:
-        assert (await client.get_eventhub_properties())["partition_ids"] == ["0", "1"]
+    assert filled["last_enqueued_time_utc"] == received[-1][1].enqueued_time
 
 
 # --- producers -------------------------------------------------------------------------------
 
 
-async def test_partition_key_routing(hub: DevHub) -> None:
-    """One key always lands in one partition (a stable hash); different keys spread out."""
+async def test_partition_key_routing_and_annotations(hub: DevHub) -> None:
+    """One key always lands in one partition (a stable hash), different keys spread out, and
+    each event carries sequence number, offset, enqueued time, partition key and properties."""
     keys = [f"experiments/e/runs/r{i}" for i in range(24)]
+    before = now() - dt.timedelta(seconds=1)
     async with producer(hub) as client:
         for round_ in range(2):
             for key in keys:
-                await client.send_event(EventData(f"{key}#{round_}"), partition_key=key)
+                event = EventData(f"{key}#{round_}")
+                event.properties = {"subject": key, "round": round_}
+                await client.send_event(event, partition_key=key)
         batch = await client.create_batch(partition_key=keys[0])
         batch.add(EventData(f"{keys[0]}#batch"))
         await client.send_batch(batch)
     received = await collect(
         hub.connection_string(HUB), count_reaches(2 * len(keys) + 1), starting_position="-1"
     )
+    assert len(received) == 2 * len(keys) + 1
     partitions_of: dict[str, set[str]] = defaultdict(set)
     for partition_id, event in received:
         assert event.partition_key is not None
@@ -181,6 +186,23 @@ async def test_partition_key_routing(hub: DevHub) -> None:
     # Deterministic: the lookup3 mapping, the same in every process and after restarts.
     for key, ps in partitions_of.items():
         assert ps == {str(partition_index(key, 4))}
+
+    by_partition: dict[str, list[EventData]] = defaultdict(list)
+    for partition_id, event in received:
+        by_partition[partition_id].append(event)
+    for events in by_partition.values():
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        offsets = [int(e.offset) for e in events]
+        assert offsets == sorted(set(offsets))
+    got = next(e for _, e in received if e.body_as_str() == f"{keys[5]}#1")
+    assert got.partition_key == keys[5].encode()
+    assert got.properties == {b"subject": keys[5].encode(), b"round": 1}
+    assert isinstance(got.offset, str)
+    assert got.enqueued_time is not None and before <= got.enqueued_time <= now()
+    system = got.system_properties
+    assert system[b"x-opt-sequence-number"] == got.sequence_number
+    assert system[b"x-opt-offset"] == got.offset.encode()
+    assert system[b"x-opt-partition-key"] == keys[5].encode()
 
 
 async def sizes(client: EventHubProducerClient) -> list[int]:
@@ -205,7 +227,9 @@ async def test_round_robin_without_key(hub: DevHub) -> None:
 
 
 async def test_batch_to_partition_keeps_each_event(hub: DevHub) -> None:
-    """An EventDataBatch is split into its events, each with its own properties and body."""
+    """An EventDataBatch is split into its events, each with its own properties and body; a
+    ~1 MB event crosses as a multi-frame delivery and comes back byte for byte."""
+    large = os.urandom(1_000_000)
     async with producer(hub) as client:
         batch = await client.create_batch(partition_id="3")
         for i in range(5):
@@ -215,18 +239,21 @@ async def test_batch_to_partition_keeps_each_event(hub: DevHub) -> None:
             batch.add(event)
         await client.send_batch(batch)
         await client.send_event(EventData("single"), partition_id="3")
+        await client.send_event(EventData(large), partition_id="3")
     received = await collect(
-        hub.connection_string(HUB), count_reaches(6), partition_id="3", starting_position="-1"
+        hub.connection_string(HUB), count_reaches(7), partition_id="3", starting_position="-1"
     )
-    assert bodies(received) == [f'{{"n": {i}}}' for i in range(5)] + ["single"]
     events = [event for _, event in received]
-    assert [e.sequence_number for e in events] == list(range(6))
+    assert [e.body_as_str() for e in events[:6]] == [f'{{"n": {i}}}' for i in range(5)] + ["single"]
+    assert b"".join(events[6].body) == large
+    assert [e.sequence_number for e in events] == list(range(7))
     for i, event in enumerate(events[:5]):
         assert event.properties == {b"n": i, b"kind": f"k{i}".encode(), b"flag": i % 2 == 0}
         assert event.content_type == "application/json"
+        assert event.partition_key is None
     assert not events[5].properties
     offsets = [int(e.offset) for e in events]
-    assert offsets == sorted(offsets) and len(set(offsets)) == 6
+    assert offsets == sorted(offsets) and len(set(offsets)) == 7
 
 
 def attach_error(port: int, address: str, *, sender: bool) -> str:
@@ -241,7 +268,7 @@ def attach_error(port: int, address: str, *, sender: bool) -> str:
             connection.create_receiver(address)
         return ""
     except LinkDetached as exc:
-        return str(exc.condition.name) if exc.condition else "detached"
+        return str(exc.condition or "detached")
     finally:
         connection.close()
 
@@ -265,118 +292,124 @@ async def test_unknown_entities_are_refused(hub: DevHub) -> None:
         assert await asyncio.to_thread(attach_error, hub.port, address, sender=sender) == expected
 
 
-async def test_large_event_round_trip(hub: DevHub) -> None:
-    """A ~1 MB event crosses as a multi-frame delivery and comes back byte for byte."""
-    body = os.urandom(1_000_000)
-    async with producer(hub) as client:
-        await client.send_event(EventData(body), partition_id="1")
-    received = await collect(
-        hub.connection_string(HUB), count_reaches(1), partition_id="1", starting_position="-1"
-    )
-    assert b"".join(received[0][1].body) == body
-
-
 # --- consumers -------------------------------------------------------------------------------
 
 
-async def test_annotations_as_the_sdk_exposes_them(hub: DevHub) -> None:
-    """sequence_number, offset, enqueued_time, partition_key and properties on EventData."""
-    before = now() - dt.timedelta(seconds=1)
-    async with producer(hub) as client:
-        event = EventData("hello")
-        event.properties = {"subject": "models/m1", "n": 7}
-        await client.send_event(event, partition_key="models/m1")
-    received = await collect(hub.connection_string(HUB), count_reaches(1), starting_position="-1")
-    (_, got) = received[0]
-    assert got.body_as_str() == "hello"
-    assert got.sequence_number == 0
-    assert isinstance(got.offset, str) and int(got.offset) >= 0
-    assert got.enqueued_time is not None and before <= got.enqueued_time <= now()
-    assert got.partition_key == b"models/m1"
-    assert got.properties == {b"subject": b"models/m1", b"n": 7}
-    system = got.system_properties
-    assert system[b"x-opt-sequence-number"] == 0
-    assert system[b"x-opt-offset"] == got.offset.encode()
+async def first_events(
+    conn: str, positions: dict[str, Any], inclusive: dict[str, bool], *, poke: Any = None
+) -> dict[str, EventData]:
+    """The first event each partition in `positions` delivers from its start position."""
+    firsts: dict[str, EventData] = {}
+    done = asyncio.Event()
+
+    async def on_event(context: Any, event: EventData | None) -> None:
+        if event is not None and context.partition_id in positions:
+            firsts.setdefault(context.partition_id, event)
+            if set(firsts) == set(positions):
+                done.set()
+
+    client = EventHubConsumerClient.from_connection_string(
+        conn, consumer_group="$Default", load_balancing_interval=LB_INTERVAL_S
+    )
+    task = asyncio.create_task(
+        client.receive(on_event, starting_position=positions, starting_position_inclusive=inclusive)
+    )
+    try:
+        async with asyncio.timeout(15):
+            while not done.is_set():
+                if poke is not None:
+                    await poke()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 0.3)
+    finally:
+        await client.close()
+        await task
+    return firsts
 
 
 async def test_starting_positions(hub: DevHub) -> None:
     """-1, @latest, sequence number, offset and enqueued time, inclusive and exclusive."""
     conn = hub.connection_string(HUB)
     async with producer(hub) as client:
-        for partition_id in ("0", "1", "2", "3"):
-            first = await client.create_batch(partition_id=partition_id)
-            for i in range(5):
-                first.add(EventData(f"a{i}"))
-            await client.send_batch(first)
-        await asyncio.sleep(0.02)  # the second group gets a later enqueued time
-        for partition_id in ("0", "1", "2", "3"):
-            second = await client.create_batch(partition_id=partition_id)
-            for i in range(5, 10):
-                second.add(EventData(f"b{i}"))
-            await client.send_batch(second)
+        for group, start in (("a", 0), ("b", 5)):
+            for partition_id in "0123":
+                batch = await client.create_batch(partition_id=partition_id)
+                for i in range(start, start + 5):
+                    batch.add(EventData(f"{group}{i}"))
+                await client.send_batch(batch)
+            await asyncio.sleep(0.02)  # the second group gets a later enqueued time
 
-    everything = await collect(conn, count_reaches(40), starting_position="-1")
-    by_partition: dict[str, list[EventData]] = defaultdict(list)
-    for partition_id, event in everything:
-        by_partition[partition_id].append(event)
-    assert {p: len(e) for p, e in by_partition.items()} == {p: 10 for p in "0123"}
-    for events in by_partition.values():
-        assert [e.sequence_number for e in events] == list(range(10))
-    p0, p1, p2, p3 = (by_partition[p] for p in "0123")
-    assert p0[4].enqueued_time < p0[5].enqueued_time
+        everything = await collect(conn, count_reaches(40), starting_position="-1")
+        by_partition: dict[str, list[EventData]] = defaultdict(list)
+        for partition_id, event in everything:
+            by_partition[partition_id].append(event)
+        assert {p: len(e) for p, e in by_partition.items()} == {p: 10 for p in "0123"}
+        for events in by_partition.values():
+            assert [e.sequence_number for e in events] == list(range(10))
+        p0, p1, p2, p3 = (by_partition[p] for p in "0123")
+        assert p0[4].enqueued_time < p0[5].enqueued_time
 
-    def first_sequence_numbers(positions: dict[str, Any], inclusive: dict[str, bool]) -> Any:
-        async def run() -> dict[str, int]:
-            received = await collect(
-                conn,
-                lambda r: {p for p, _ in r} >= set(positions),
-                starting_position=positions,
-                starting_position_inclusive=inclusive,
-            )
-            firsts: dict[str, int] = {}
-            for partition_id, event in received:
-                firsts.setdefault(partition_id, event.sequence_number)
-            return firsts
+        firsts = await first_events(
+            conn,
+            {"0": 3, "1": 3, "2": p2[5].offset, "3": p3[5].offset},
+            {"0": True, "1": False, "2": True, "3": False},
+        )
+        assert {p: e.sequence_number for p, e in firsts.items()} == {
+            "0": 3,
+            "1": 4,
+            "2": 5,
+            "3": 6,
+        }
 
-        return run()
+        async def send_late() -> None:  # until the @latest receiver has seen one
+            await client.send_event(EventData("late"), partition_id="3")
 
-    assert await first_sequence_numbers(
-        {"0": 3, "1": 3, "2": p2[5].offset, "3": p3[5].offset},
-        {"0": True, "1": False, "2": True, "3": False},
-    ) == {"0": 3, "1": 4, "2": 5, "3": 6}
-    assert await first_sequence_numbers(
-        {"0": p0[5].enqueued_time, "1": p1[4].enqueued_time, "2": "-1"},
-        {"0": True, "1": False, "2": False},
-    ) == {"0": 5, "1": 5, "2": 0}
-
-    # @latest: only what is sent after the receiver attached.
-    async def send_later() -> None:
-        await asyncio.sleep(1.5)
-        async with producer(hub) as client:
-            await client.send_event(EventData("late"), partition_id="0")
-
-    sender = asyncio.create_task(send_later())
-    latest = await collect(conn, count_reaches(1), partition_id="0", starting_position="@latest")
-    await sender
-    assert [(e.sequence_number, e.body_as_str()) for _, e in latest] == [(10, "late")]
+        firsts = await first_events(
+            conn,
+            {"0": p0[5].enqueued_time, "1": p1[4].enqueued_time, "2": "-1", "3": "@latest"},
+            {"0": True, "1": False, "2": False, "3": False},
+            poke=send_late,
+        )
+    assert {p: e.sequence_number for p, e in firsts.items() if p != "3"} == {
+        "0": 5,
+        "1": 5,
+        "2": 0,
+    }
+    assert firsts["3"].body_as_str() == "late"
+    assert firsts["3"].sequence_number >= 10
 
 
 async def test_bad_position_is_argument_out_of_range(hub: DevHub) -> None:
     """A start beyond the end is refused with Event Hubs' argument-out-of-range condition."""
     errors: list[Exception] = []
+    received: list[EventData] = []
+
+    async def on_event(context: Any, event: EventData | None) -> None:
+        if event is not None:
+            received.append(event)
 
     async def on_error(context: Any, error: Exception) -> None:
         errors.append(error)
 
-    received = await collect(
+    async with producer(hub) as client:
+        await client.send_event(EventData("only"), partition_id="0")
+    consumer = EventHubConsumerClient.from_connection_string(
         hub.connection_string(HUB),
-        lambda r: False,
-        timeout_s=2.0,
-        client_kwargs={"retry_total": 0},
-        partition_id="0",
-        starting_position=100,
-        on_error=on_error,
+        consumer_group="$Default",
+        load_balancing_interval=LB_INTERVAL_S,
+        retry_total=0,
     )
+    task = asyncio.create_task(
+        consumer.receive(on_event, partition_id="0", starting_position=100, on_error=on_error)
+    )
+    try:
+        for _ in range(100):
+            if errors:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.close()
+        await task
     assert received == []
     assert any("argument-out-of-range" in str(e) for e in errors), errors
 
@@ -387,10 +420,16 @@ async def test_consumer_groups_are_independent(hub: DevHub) -> None:
         for i in range(3):
             await client.send_event(EventData(f"g{i}"), partition_id="1")
     conn = hub.connection_string(HUB)
-    for group in ("$Default", f"analytics-{uuid.uuid4().hex[:6]}"):
-        received = await collect(
-            conn, count_reaches(3), consumer_group=group, partition_id="1", starting_position="-1"
+    groups = ("$Default", f"analytics-{uuid.uuid4().hex[:6]}")
+    results = await asyncio.gather(
+        *(
+            collect(
+                conn, count_reaches(3), consumer_group=g, partition_id="1", starting_position="-1"
+            )
+            for g in groups
         )
+    )
+    for received in results:
         assert bodies(received) == ["g0", "g1", "g2"]
 
 
@@ -448,11 +487,8 @@ async def test_higher_epoch_steals_the_partition(hub: DevHub) -> None:
             await asyncio.wait_for(got_e2.wait(), 10)
             await asyncio.sleep(0.3)  # room for a (wrong) delivery to the old owner
     finally:
-        await old.close()
-        await new.close()
-        await old_task
-        if new_task is not None:
-            await new_task
+        await asyncio.gather(old.close(), new.close())
+        await asyncio.gather(old_task, *([new_task] if new_task is not None else []))
     assert any("link:stolen" in str(e) for e in first_errors), first_errors
     assert first == ["e1"]
     assert second == ["e1", "e2"]
@@ -524,11 +560,9 @@ async def test_load_balancing_with_blob_checkpoints(hub: DevHub, azurite: Any) -
                 break
             await asyncio.sleep(0.05)
     finally:
-        for client in clients:
-            await client.close()
+        await asyncio.gather(*(client.close() for client in clients))
         await asyncio.gather(*tasks)
-        for store in stores:
-            await store.close()
+        await asyncio.gather(*(store.close() for store in stores))
     new_events = sorted(x for x in seen["a"] + seen["b"] if x[1] == 1)
     assert new_events == [(p, 1) for p in "0123"], seen
     assert [x for x in seen["b"] if x[1] == 0] == [], "the takeover re-read checkpointed events"
@@ -572,18 +606,19 @@ async def test_data_dir_survives_a_restart(tmp_path: Path) -> None:
         before = await collect(
             server.connection_string(HUB), count_reaches(4), starting_position="-1"
         )
+    assert len(before) == 4
     async with DevHub(port=0, hubs={HUB: 2}, data_dir=data_dir) as server:
-        conn = server.connection_string(HUB)
-        after = await collect(conn, count_reaches(4), starting_position="-1")
-        assert len(before) == 4
-        assert snapshot(after) == snapshot(before)
         async with producer(server) as client:
-            await client.send_event(EventData("p0-3"), partition_id="0")
-        more = await collect(conn, count_reaches(4), partition_id="0", starting_position="-1")
-    last_before = max((e for p, e in before if p == "0"), key=lambda e: e.sequence_number)
-    assert [e.sequence_number for _, e in more] == [0, 1, 2, 3]
-    assert more[-1][1].body_as_str() == "p0-3"
-    assert int(more[-1][1].offset) > int(last_before.offset)
+            await client.send_event(EventData("p0-new"), partition_id="0")
+        after = await collect(
+            server.connection_string(HUB), count_reaches(5), starting_position="-1"
+        )
+    new = [(p, e) for p, e in after if e.body_as_str() == "p0-new"]
+    assert len(new) == 1
+    assert snapshot([x for x in after if x not in new]) == snapshot(before)
+    old_p0 = [e for p, e in before if p == "0"]
+    assert new[0][1].sequence_number == len(old_p0)
+    assert int(new[0][1].offset) > max(int(e.offset) for e in old_p0)
 
 
 async def test_data_dir_partition_count_is_fixed(tmp_path: Path) -> None:
