@@ -109,6 +109,14 @@ class Env:
                 found = await store.list_checkpoints("127.0.0.1", "aml-events", "$default")
         return {c["partition_id"]: int(c["sequence_number"]) for c in found}
 
+    async def owners(self) -> list[str]:
+        store = BlobCheckpointStore.from_connection_string(
+            self.azurite.connection_string, self.container
+        )
+        async with store:
+            ns = f"127.0.0.1:{self.dev_hub.port}"
+            return [o["owner_id"] for o in await store.list_ownership(ns, "aml-events", "$default")]
+
     async def blobs(self) -> list[str]:
         container = ContainerClient.from_connection_string(
             self.azurite.connection_string, self.container
@@ -254,6 +262,8 @@ def test_held_events_hold_the_checkpoint_back_and_survive_a_restart(env, tmp_pat
     assert seq < 59 - 29  # the 30 newest events (30 s of event time) are still held
     first.process.send_signal(signal.SIGTERM)
     assert first.wait() == 0
+    owners = asyncio.run(env.owners())
+    assert len(owners) == 4 and not any(owners)  # ownership released on the way out
     assert len(first.dispatched()) == 30
     assert asyncio.run(env.checkpoints())[partition] <= seq + 1
     second = env.start(rules, "--stop-when-idle", "2")
