@@ -30,6 +30,7 @@ from typing import Any
 import structlog
 from azure.core import MatchConditions
 from azure.core.exceptions import (
+    AzureError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -92,15 +93,26 @@ class BlobPartitionStore:
     # --- checkpoints (SDK layout) ---------------------------------------------------------
 
     async def get_checkpoint(self, partition_id: str) -> Mark | None:
-        checkpoints = await self.checkpoint_store.list_checkpoints(
-            self.fully_qualified_namespace, self.eventhub_name, self.consumer_group
-        )
+        try:
+            checkpoints = await self.checkpoint_store.list_checkpoints(
+                self.fully_qualified_namespace, self.eventhub_name, self.consumer_group
+            )
+        except AzureError as exc:
+            raise CheckpointError(f"cannot read checkpoints: {exc}") from exc
         for checkpoint in checkpoints:
             if checkpoint["partition_id"] == partition_id:
                 return Mark(int(checkpoint["sequence_number"]), str(checkpoint["offset"]))
         return None
 
     async def update_checkpoint(self, partition_id: str, mark: Mark) -> None:
+        try:
+            await self._update_checkpoint(partition_id, mark)
+        except AzureError as exc:
+            raise CheckpointError(
+                f"cannot write checkpoint of partition {partition_id}: {exc}"
+            ) from exc
+
+    async def _update_checkpoint(self, partition_id: str, mark: Mark) -> None:
         await self.checkpoint_store.update_checkpoint(
             {
                 "fully_qualified_namespace": self.fully_qualified_namespace,
@@ -210,8 +222,8 @@ class BlobPartitionStore:
         body = json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
         try:
             await self.container.upload_blob(blob_name, body, overwrite=True)
-        except HttpResponseError as exc:
-            raise CheckpointError(f"cannot write dead letter {blob_name}: {exc.message}") from exc
+        except AzureError as exc:
+            raise CheckpointError(f"cannot write dead letter {blob_name}: {exc}") from exc
         return blob_name
 
     async def list_dead_letters(self) -> list[dict[str, Any]]:

@@ -89,6 +89,17 @@ class PartitionWorker:
 
     # --- life cycle ---------------------------------------------------------------------
 
+    async def ensure_started(self) -> None:
+        """Start, retrying while storage is unreachable: events must not flow before state."""
+        delay = 0.5
+        while self.pipeline is None:
+            try:
+                await self.start()
+            except Exception as exc:  # storage or hub unreachable: keep trying, never skip
+                self.log.warning("partition_start_failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+
     async def start(self) -> None:
         handle = await self._await_handover()
         ruleset = self.consumer.ruleset
@@ -419,12 +430,13 @@ class Consumer:
         worker = PartitionWorker(self, context.partition_id)
         self.workers[context.partition_id] = worker
         self.stats.partitions.add(context.partition_id)
-        await worker.start()
+        await worker.ensure_started()
 
     async def _on_batch(self, context: Any, events: list[Any]) -> None:
         worker = self.workers.get(context.partition_id)
-        if worker is None or worker.pipeline is None:
+        if worker is None:
             return
+        await worker.ensure_started()
         # Shielded so that losing the partition mid-batch lets the batch finish; close()
         # waits for it before the final save (a half-dispatched batch would be lost).
         worker.busy = asyncio.ensure_future(worker.process(events))

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(args.host, args.port, hubs, args.data_dir, ready=ready))
+    except KeyboardInterrupt:  # SIGINT before the signal handlers were installed
+        return 0
     except ConfigError as exc:
         print(f"dev-hub: {exc}", file=sys.stderr)
         return 1
@@ -77,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog: str = "python -m worker.devhub") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m worker.devhub",
+        prog=prog,
         description="A local Event Hubs-compatible AMQP server for development and tests.",
     )
     add_arguments(parser)

@@ -233,12 +233,15 @@ class Store:
             if name.casefold() in seen:
                 raise ConfigError(f"hub {name!r} is given more than once")
             seen.add(name.casefold())
-        if self._data_dir is not None:
-            self._data_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = _lock_dir(self._data_dir)
         try:
+            if self._data_dir is not None:
+                self._data_dir.mkdir(parents=True, exist_ok=True)
+                self._lock = _lock_dir(self._data_dir)
             for name, count in self._spec.items():
                 self._hubs[name.casefold()] = self._open_hub(name, count)
+        except OSError as exc:
+            self.close()
+            raise ConfigError(f"cannot use data dir {self._data_dir}: {exc}") from exc
         except BaseException:
             self.close()
             raise
