@@ -25,6 +25,8 @@ from azure.eventhub import EventData
 from azure.eventhub import EventHubConsumerClient as SyncConsumerClient
 from azure.eventhub import EventHubProducerClient as SyncProducerClient
 from azure.eventhub.aio import EventHubConsumerClient, EventHubProducerClient
+from proton import symbol
+from proton.reactor import LinkOption
 from proton.utils import BlockingConnection, LinkDetached
 
 from worker.devhub import (
@@ -500,6 +502,54 @@ async def test_higher_epoch_steals_the_partition(hub: DevHub) -> None:
     assert any("link:stolen" in str(e) for e in first_errors), first_errors
     assert first == ["e1"]
     assert second == ["e1", "e2"]
+
+
+class _Epoch(LinkOption):
+    """Attach with the `com.microsoft:epoch` link property, as the SDK's owner_level does."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def apply(self, link: Any) -> None:
+        link.properties = {symbol("com.microsoft:epoch"): self.epoch}
+
+
+def attach_outcomes(port: int, epochs: list[int | None]) -> list[str]:
+    """Attach one receiver per connection (proton's client) with each epoch, in order."""
+    address = f"{HUB}/ConsumerGroups/g1/Partitions/0"
+    connections: list[BlockingConnection] = []
+    outcomes: list[str] = []
+    try:
+        for epoch in epochs:
+            connection = BlockingConnection(
+                f"amqp://127.0.0.1:{port}", allowed_mechs="ANONYMOUS", timeout=10
+            )
+            connections.append(connection)
+            try:
+                connection.create_receiver(
+                    address, options=_Epoch(epoch) if epoch is not None else None
+                )
+                outcomes.append("attached")
+            except LinkDetached as exc:
+                outcomes.append(str(exc.condition))
+    finally:
+        for connection in connections:
+            with contextlib.suppress(Exception):  # a stolen link re-raises on close
+                connection.close()
+    return outcomes
+
+
+async def test_receiver_limits_and_epoch_refusals(hub: DevHub) -> None:
+    """Five receivers without epoch may share a partition; an epoch receiver takes it over;
+    then receivers without epoch or with a lower epoch are refused, an equal one steals."""
+    outcomes = await asyncio.to_thread(attach_outcomes, hub.port, [None] * 6 + [3, None, 2, 3])
+    assert outcomes == ["attached"] * 5 + [
+        "amqp:resource-limit-exceeded",
+        "attached",
+        "amqp:link:stolen",
+        "amqp:link:stolen",
+        "attached",
+    ]
 
 
 async def test_load_balancing_with_blob_checkpoints(hub: DevHub, azurite: Any) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,9 +58,10 @@ class StateFenced(CheckpointError):
 
 @dataclass(slots=True)
 class StateHandle:
-    """What we know of one partition's state blob between saves."""
+    """What we know of one block-log blob (a partition's state or ledger) between writes."""
 
     partition_id: str
+    blob_name: str = ""
     records: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None
     blocks: list[str] = field(default_factory=list)
@@ -136,9 +138,18 @@ class BlobPartitionStore:
     def _state_blob(self, partition_id: str) -> str:
         return f"{self.prefix}/state/{partition_id}"
 
+    def _ledger_blob(self, partition_id: str) -> str:
+        return f"{self.prefix}/ledger/{partition_id}"
+
     async def load_state(self, partition_id: str) -> StateHandle:
-        blob = self.container.get_blob_client(self._state_blob(partition_id))
-        handle = StateHandle(partition_id)
+        return await self._load_log(partition_id, self._state_blob(partition_id))
+
+    async def load_ledger(self, partition_id: str) -> StateHandle:
+        return await self._load_log(partition_id, self._ledger_blob(partition_id))
+
+    async def _load_log(self, partition_id: str, blob_name: str) -> StateHandle:
+        blob = self.container.get_blob_client(blob_name)
+        handle = StateHandle(partition_id, blob_name)
         try:
             downloader = await blob.download_blob()
             data = await downloader.readall()
@@ -146,15 +157,13 @@ class BlobPartitionStore:
             block_list, _ = await blob.get_block_list("committed")
         except ResourceNotFoundError:
             return handle
-        except HttpResponseError as exc:
-            raise CheckpointError(
-                f"cannot read state blob {blob.blob_name}: {exc.message}"
-            ) from exc
+        except AzureError as exc:
+            raise CheckpointError(f"cannot read {blob_name}: {exc}") from exc
         handle.blocks = [b.id for b in block_list]
         try:
             handle.records = list(decode_records(data))
-        except (ValueError, json.JSONDecodeError) as exc:
-            log.warning("state_unreadable", blob=blob.blob_name, error=str(exc))
+        except (ValueError, json.JSONDecodeError, zlib.error) as exc:
+            log.warning("state_unreadable", blob=blob_name, error=str(exc))
             handle.records = []
         return handle
 
@@ -162,7 +171,30 @@ class BlobPartitionStore:
         self, handle: StateHandle, record: dict[str, Any], *, snapshot: bool
     ) -> None:
         """Append `record` (or replace everything with it, for a snapshot) atomically."""
-        blob = self.container.get_blob_client(self._state_blob(handle.partition_id))
+        if not handle.blob_name:
+            handle.blob_name = self._state_blob(handle.partition_id)
+        await self._append(handle, record, snapshot=snapshot)
+
+    async def append_ledger(self, handle: StateHandle, record: dict[str, Any]) -> None:
+        """Add ledger entries. Entries only accumulate, so a conflicting write by another
+        owner is merged: reload its block list and commit ours after it."""
+        if not handle.blob_name:
+            handle.blob_name = self._ledger_blob(handle.partition_id)
+        for _ in range(5):
+            try:
+                await self._append(handle, record, snapshot=False)
+                return
+            except StateFenced:
+                fresh = await self._load_log(handle.partition_id, handle.blob_name)
+                handle.etag, handle.blocks = fresh.etag, fresh.blocks
+                handle.records = fresh.records
+        raise CheckpointError(f"cannot write {handle.blob_name}: too many concurrent writers")
+
+    async def compact_ledger(self, handle: StateHandle, record: dict[str, Any]) -> None:
+        await self._append(handle, record, snapshot=True)
+
+    async def _append(self, handle: StateHandle, record: dict[str, Any], *, snapshot: bool) -> None:
+        blob = self.container.get_blob_client(handle.blob_name)
         data = encode_record(record)
         number = int(base64.b64decode(handle.blocks[-1])) + 1 if handle.blocks else 0
         block_id = base64.b64encode(f"{number:016d}".encode()).decode()
@@ -172,21 +204,18 @@ class BlobPartitionStore:
             if handle.etag
             else {"match_condition": MatchConditions.IfMissing}
         )
+        fenced = f"{handle.blob_name} was written by another owner"
         try:
             await blob.stage_block(block_id, data)
             result = await blob.commit_block_list([BlobBlock(b) for b in blocks], **conditions)
         except (ResourceModifiedError, ResourceExistsError) as exc:
-            raise StateFenced(
-                f"state of partition {handle.partition_id} was written by another owner"
-            ) from exc
+            raise StateFenced(fenced) from exc
         except HttpResponseError as exc:
-            if exc.status_code == 412:
-                raise StateFenced(
-                    f"state of partition {handle.partition_id} was written by another owner"
-                ) from exc
-            raise CheckpointError(
-                f"cannot write state blob {blob.blob_name}: {exc.message}"
-            ) from exc
+            if exc.status_code in (409, 412):
+                raise StateFenced(fenced) from exc
+            raise CheckpointError(f"cannot write {handle.blob_name}: {exc.message}") from exc
+        except AzureError as exc:
+            raise CheckpointError(f"cannot write {handle.blob_name}: {exc}") from exc
         handle.etag = result["etag"]
         handle.blocks = blocks
         if snapshot:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -27,21 +28,23 @@ import structlog
 
 from worker.actions import Executor, missing_executors
 from worker.checkpoints import BlobPartitionStore, StateFenced, StateHandle
+from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
 from worker.errors import CheckpointError, ConfigError, WorkerError
-from worker.events import Origin
+from worker.events import Origin, restore_event
 from worker.ordering import Sequencer
 from worker.pipeline import Decision, PartitionPipeline, Step, Summary, ordering_config
-from worker.plan import PlannedAction, Throttler
+from worker.plan import PlannedAction, Throttler, plan_rule
 from worker.positions import PositionKind, StartPositions
 from worker.replay import dead_letter_for_rejection
 from worker.rules import RuleSet
 from worker.settings import Settings
 from worker.state import Mark, Progress
-from worker.templates import RenderError, mask, reveal
 
 __all__ = ["Consumer", "RunStats"]
 
 log = structlog.get_logger(__name__)
+
+MAX_JOBS_PER_PARTITION = 1000
 
 
 @dataclass(slots=True)
@@ -50,6 +53,7 @@ class RunStats:
 
     summary: Summary = field(default_factory=Summary)
     actions: int = 0
+    skipped: int = 0
     action_failures: int = 0
     dead_letters: int = 0
     checkpoints: int = 0
@@ -60,6 +64,7 @@ class RunStats:
         return {
             **self.summary.as_dict(),
             "actions_dispatched": self.actions,
+            "actions_skipped_by_ledger": self.skipped,
             "action_failures": self.action_failures,
             "dead_letters": self.dead_letters,
             "checkpoints_written": self.checkpoints,
@@ -84,6 +89,9 @@ class PartitionWorker:
         self.dirty = False
         self.fenced = False
         self.busy: asyncio.Task[None] | None = None
+        self.delivery: Delivery | None = None
+        self.inflight: dict[int, tuple[Any, list[str]]] = {}  # job -> (event, rule names)
+        self._next_job = 0
         self.lock = asyncio.Lock()
         self.log = log.bind(partition_id=partition_id)
 
@@ -114,6 +122,19 @@ class PartitionWorker:
             sequencer, throttler = Sequencer(config), Throttler()
         self.pipeline = PartitionPipeline(ruleset, sequencer=sequencer, throttler=throttler)
         self.handle = handle
+        ledger = None
+        if ruleset.action_types & LEDGER_TYPES:
+            ledger = Ledger(self.store, self.partition_id, self.consumer.settings.ledger_retention)
+            await ledger.load()
+        self.delivery = Delivery(
+            self.partition_id,
+            self.consumer.executors,
+            self.consumer.limits,
+            environ=self.consumer.environ,
+            ledger=ledger,
+            dead_letter=self._dead_letter,
+            on_result=self.consumer.count_result,
+        )
         self.committed = await self.store.get_checkpoint(self.partition_id)
         if self.committed is None:
             self.committed = await self._initial_checkpoint()
@@ -123,6 +144,21 @@ class PartitionWorker:
             seq = event.origin.sequence_number
             if seq is not None and seq > floor:
                 self.progress.hold(seq)
+        # Events whose actions were in flight when the previous owner saved: run them again
+        # (same idempotency keys; the ledger and the targets keep them from repeating).
+        pending = records[-1].get("pending", []) if records else []
+        for item in pending:
+            event = restore_event(item["raw"], Origin.from_dict(item["origin"]), item["ticks"])
+            if item.get("late"):
+                event = dataclasses.replace(event, late=True)
+            rules = [r for r in ruleset.rules if r.name in set(item["rules"])]
+            actions = [
+                p for r in rules for p in plan_rule(r, event) if isinstance(p, PlannedAction)
+            ]
+            seq = event.origin.sequence_number
+            if seq is not None and seq > floor:
+                self.progress.hold(seq)
+            self._submit(event, [r.name for r in rules], actions)
         self.log.info(
             "partition_started",
             checkpoint=self.committed.sequence_number if self.committed else None,
@@ -189,6 +225,11 @@ class PartitionWorker:
         async with self.lock:
             if flush and self.pipeline is not None:
                 await self._dispatch_step(self.pipeline.finish())
+            if self.delivery is not None:
+                timeout = self.consumer.settings.shutdown_timeout
+                if not await self.delivery.drain(timeout):
+                    self.log.warning("shutdown_cancelled_actions", left=self.delivery.in_flight)
+                    await self.delivery.cancel()  # still `pending` in the saved state
             await self.save(force=True, released=release)
         if self.pipeline is not None:
             self.consumer.stats.summary.merge(self.pipeline.summary)
@@ -225,54 +266,37 @@ class PartitionWorker:
         for decision in step.decisions:
             self.consumer.watch_object(decision, self.partition_id)
             await self._dispatch(decision)
-            seq = decision.event.origin.sequence_number
-            if seq is not None:
-                self.progress.finished(seq)
 
     async def _dispatch(self, decision: Decision) -> None:
         event = decision.event
-        with structlog.contextvars.bound_contextvars(
-            partition_id=self.partition_id,
-            sequence_number=event.sequence_number,
-            event_id=event.id,
-            subject=event.subject,
-        ):
-            for failure in decision.failures:
-                self.log.warning("render_error", rule=failure.rule, error=failure.error)
-                await self._dead_letter(
-                    f"{event.sequence_number}-{failure.key}", failure.dead_letter()
-                )
-            for planned in decision.actions:
-                await self._execute(planned)
-
-    async def _execute(self, planned: PlannedAction) -> None:
-        executor: Executor = self.consumer.executors[planned.action.type]
-        try:
-            params = reveal(planned.params, self.consumer.environ)
-            await executor.execute(planned, params)
-            self.consumer.stats.actions += 1
-        except asyncio.CancelledError:
-            raise
-        except (WorkerError, RenderError, Exception) as exc:  # an action never stops a partition
-            self.consumer.stats.action_failures += 1
+        for failure in decision.failures:
             self.log.warning(
-                "action_failed", rule=planned.rule, action=planned.action.type, error=str(exc)
+                "render_error", rule=failure.rule, event_id=event.id, error=failure.error
             )
-            await self._dead_letter(
-                f"{planned.event.sequence_number}-{planned.key}",
-                {
-                    "kind": "action_failed",
-                    "reason": str(exc),
-                    "rule": planned.rule,
-                    "action": planned.action.type,
-                    "action_index": planned.action.index,
-                    "idempotency_key": planned.key,
-                    "params": mask(planned.params),
-                    "event_id": planned.event.id,
-                    "source": planned.event.origin.as_dict(),
-                    "event": planned.event.as_received(),
-                },
-            )
+            await self._dead_letter(f"{event.sequence_number}-{failure.key}", failure.dead_letter())
+        rules = list(dict.fromkeys(a.rule for a in decision.actions))
+        self._submit(event, rules, list(decision.actions))
+        assert self.delivery is not None
+        await self.delivery.wait_below(MAX_JOBS_PER_PARTITION)  # backpressure, never drop
+
+    def _submit(self, event: Any, rules: list[str], actions: list[PlannedAction]) -> None:
+        seq = event.origin.sequence_number
+        if not actions:
+            if seq is not None:
+                self.progress.finished(seq)
+            return
+        assert self.delivery is not None
+        token = self._next_job
+        self._next_job += 1
+        self.inflight[token] = (event, rules)
+
+        def done() -> None:
+            self.inflight.pop(token, None)
+            if seq is not None:
+                self.progress.finished(seq)
+            self.dirty = True
+
+        self.delivery.submit(event.object_key, actions, done)
 
     async def _dead_letter_rejection(self, rejection: Any) -> None:
         self.log.warning("invalid_body", where=rejection.describe())
@@ -317,6 +341,16 @@ class PartitionWorker:
             "checkpoint": [mark.sequence_number, mark.offset] if mark else None,
             "sequencer": sequencer.snapshot() if snapshot else sequencer.delta(),
             "throttle": self.pipeline.throttler.snapshot(),
+            "pending": [
+                {
+                    "raw": event.raw,
+                    "ticks": event.time_ticks,
+                    "origin": event.origin.as_dict(),
+                    "late": event.late,
+                    "rules": rules,
+                }
+                for event, rules in self.inflight.values()
+            ],
         }
         try:
             await self.store.save_state(self.handle, record, snapshot=snapshot)
@@ -389,6 +423,7 @@ class Consumer:
         self.stop_when_idle = stop_when_idle
         self.owner_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stats = RunStats()
+        self.limits = Limits.create(settings.max_inflight)
         self.workers: dict[str, PartitionWorker] = {}
         self.client: Any = None
         self.store: BlobPartitionStore = None  # type: ignore[assignment]
@@ -423,6 +458,14 @@ class Consumer:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def count_result(self, result: str, planned: PlannedAction, error: str) -> None:
+        if result == "done":
+            self.stats.actions += 1
+        elif result == "skipped":
+            self.stats.skipped += 1
+        else:
+            self.stats.action_failures += 1
 
     # --- SDK callbacks ------------------------------------------------------------------
 
@@ -564,7 +607,7 @@ async def run_worker(
     consumer = Consumer(
         settings,
         ruleset,
-        available_executors() if executors is None else executors,
+        available_executors(settings) if executors is None else executors,
         environ=os.environ,
         start_positions=start_positions,
         stop_when_idle=stop_when_idle,
@@ -605,4 +648,9 @@ async def run_worker(
                 owner_id=consumer.owner_id,
                 rules=len(ruleset.rules),
             )
-            return await consumer.run(client, store)
+            try:
+                return await consumer.run(client, store)
+            finally:
+                for executor in consumer.executors.values():
+                    with contextlib.suppress(Exception):
+                        await executor.aclose()

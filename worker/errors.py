@@ -65,6 +65,12 @@ class CheckpointError(WorkerError):
 
 
 class ActionError(WorkerError):
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    """An action failed. `retryable` says whether another attempt may succeed (a 503, a
+    timeout) or not (a 400); `retry_after_s` carries the target's own wish (Retry-After)."""
+
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after_s = retry_after_s

@@ -78,6 +78,18 @@ class Origin:
             parts.append(f"offset {self.offset}")
         return ", ".join(parts) or "unknown position"
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Origin:
+        """The inverse of `as_dict` (saved state, dead letters)."""
+        enqueued = raw.get("enqueued_time")
+        return cls(
+            partition_id=raw.get("partition_id") or "",
+            offset=raw.get("offset"),
+            sequence_number=raw.get("sequence_number"),
+            enqueued_time=parse_time(enqueued)[0] if enqueued else None,
+            line=raw.get("line"),
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "partition_id": self.partition_id,

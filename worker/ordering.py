@@ -346,7 +346,7 @@ class Sequencer:
                 sequencer._last[(t, subject, type_)] = (_load_key(key), ticks)
             sequencer._heap = []
             for item in record["held"]:
-                event = restore_event(item["raw"], _origin_from(item["origin"]), item["ticks"])
+                event = restore_event(item["raw"], Origin.from_dict(item["origin"]), item["ticks"])
                 held = _Held(sequencer.effective_time(event), item["arrival"], event, None)
                 heapq.heappush(sequencer._heap, held)
         if sequencer.max_time is not None:
@@ -363,17 +363,6 @@ class Sequencer:
     @classmethod
     def from_bytes(cls, config: OrderingConfig, data: bytes) -> Sequencer:
         return cls.restore(config, [json.loads(zlib.decompress(data))])
-
-
-def _origin_from(raw: dict[str, Any]) -> Origin:
-    enqueued = raw.get("enqueued_time")
-    return Origin(
-        partition_id=raw.get("partition_id") or "",
-        offset=raw.get("offset"),
-        sequence_number=raw.get("sequence_number"),
-        enqueued_time=datetime.fromisoformat(enqueued) if enqueued else None,
-        line=raw.get("line"),
-    )
 
 
 def _per_object_order(batch: list[_Held]) -> Iterable[Event]:

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     replay_consumer_group: str = "aml-worker-replay"
     eventhub_transport: Literal["amqp", "websocket"] = "amqp"
     ledger_retention: float = 7 * 86_400.0
+    smtp_host: str | None = None
+    smtp_port: int | None = None  # default: 587 (starttls), 465 (tls), 25 (none)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_tls: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout: float = 30.0
     azure_cloud: Literal["AzureCloud", "AzureUSGovernment", "AzureChinaCloud"] = "AzureCloud"
 
     @field_validator(
@@ -52,6 +59,7 @@ class Settings(BaseSettings):
         "load_balancing_interval",
         "ownership_expiry",
         "ledger_retention",
+        "smtp_timeout",
         mode="before",
     )
     @classmethod

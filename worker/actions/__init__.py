@@ -1,27 +1,39 @@
 """Action executors: one small interface, one module per action type.
 
 An executor receives a planned action whose parameters are rendered and whose secrets are
-already substituted; it raises `errors.ActionError` (with `retryable`) when the target
-refuses. Which types can run is decided at start-up: a rules file naming a type without an
-executor refuses to start instead of silently doing nothing.
+already substituted (`params`; `planned.params` still holds the masked form for logs). It
+returns a small dict of facts worth logging (a job name, a status code) and raises
+`errors.ActionError` when the target refuses: `retryable` decides between another attempt
+and the dead-letter store, `retry_after_s` carries the target's Retry-After. Retries,
+backoff, the ledger and dead letters are the caller's business (`worker.delivery`), so an
+executor makes exactly one attempt.
+
+Which types can run is decided at start-up: a rules file naming a type without an executor
+refuses to start instead of silently doing nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from worker.plan import PlannedAction
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 __all__ = ["Executor", "available_executors", "missing_executors"]
 
 
 class Executor(Protocol):
-    async def execute(self, planned: PlannedAction, params: Any) -> None:
-        """Perform the action; `params` are rendered with secrets revealed."""
+    async def execute(self, planned: PlannedAction, params: Any) -> dict[str, Any] | None:
+        """Make one attempt; raise ActionError on failure."""
+
+    async def aclose(self) -> None:
+        """Release connections (called once at shutdown)."""
 
 
-def available_executors() -> dict[str, Executor]:
+def available_executors(settings: Settings | None = None) -> dict[str, Executor]:
     from worker.actions.log import LogExecutor
 
     return {"log": LogExecutor()}

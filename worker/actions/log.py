@@ -13,7 +13,10 @@ log = structlog.get_logger("worker.actions")
 
 
 class LogExecutor:
-    async def execute(self, planned: PlannedAction, params: Any) -> None:
+    async def aclose(self) -> None:
+        pass
+
+    async def execute(self, planned: PlannedAction, params: Any) -> dict[str, Any] | None:
         # The masked rendering, not `params`: a log line must never carry a secret.
         shown = mask(planned.params)
         event = planned.event
@@ -29,3 +32,4 @@ class LogExecutor:
             sequence_number=event.sequence_number,
             late=event.late,
         )
+        return None

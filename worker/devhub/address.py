@@ -18,6 +18,7 @@ __all__ = [
     "MAX_PARTITIONS",
     "Node",
     "NodeKind",
+    "check_hub",
     "connection_string",
     "parse_hub_spec",
     "parse_node",
@@ -35,24 +36,30 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,254}[A-Za-z0-9])?$")
 def parse_hub_spec(spec: str) -> tuple[str, int]:
     """`"name"` or `"name:partitions"` -> (name, partitions); ValueError says what is wrong."""
     name, sep, count_text = spec.strip().partition(":")
-    if not _HUB_NAME.match(name):
-        raise ValueError(
-            f"invalid hub name {name!r}: use letters, digits, '.', '-' and '_', starting and "
-            "ending with a letter or digit (at most 256 characters)"
-        )
     if not sep:
-        return name, DEFAULT_PARTITIONS
+        return check_hub(name, DEFAULT_PARTITIONS)
     try:
         count = int(count_text)
     except ValueError:
         raise ValueError(
             f"invalid partition count {count_text!r} in {spec!r}: expected a whole number"
         ) from None
-    if not 1 <= count <= MAX_PARTITIONS:
+    return check_hub(name, count)
+
+
+def check_hub(name: str, partitions: int) -> tuple[str, int]:
+    """Validate a hub name and partition count as Event Hubs would; ValueError if invalid."""
+    if not _HUB_NAME.match(name):
         raise ValueError(
-            f"invalid partition count {count} in {spec!r}: must be between 1 and {MAX_PARTITIONS}"
+            f"invalid hub name {name!r}: use letters, digits, '.', '-' and '_', starting and "
+            "ending with a letter or digit (at most 256 characters)"
         )
-    return name, count
+    if isinstance(partitions, bool) or not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(
+            f"invalid partition count {partitions!r} for hub {name!r}: must be between 1 and "
+            f"{MAX_PARTITIONS}"
+        )
+    return name, partitions
 
 
 def connection_string(host: str, port: int, hub: str | None = None) -> str:

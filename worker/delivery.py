@@ -1,0 +1,310 @@
+"""Running planned actions: retries, per-object order, concurrency, ledger, dead letters (§5).
+
+Each released event becomes one *job*: its actions, in order. Jobs of the same object are
+chained (a later event of an object waits for the earlier one, also while it retries), jobs
+of different objects run concurrently under the worker-wide `AML_WORKER_MAX_INFLIGHT` limit
+and each action's own `concurrency`. A job ends dispatched or dead-lettered, never stuck:
+after the last attempt (or at once for a permanent error) the event, rule, action, masked
+parameters, error and attempts go to the dead-letter store.
+
+What a crash may repeat (DESIGN §5): targets that dedupe by the idempotency key (AML job
+name, webhook `Idempotency-Key`) see a repeat as the same request; email, Event Hubs
+forwarding and Data Factory runs are recorded in the partition's *ledger* right after they
+succeed, and skipped when the ledger already has their key, so only a crash between success
+and that write can repeat one; `log` lines may repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+
+from worker.actions import Executor
+from worker.checkpoints import BlobPartitionStore, StateHandle
+from worker.errors import ActionError, CheckpointError
+from worker.plan import PlannedAction
+from worker.templates import RenderError, mask, reveal
+
+__all__ = ["LEDGER_TYPES", "Delivery", "Ledger", "Limits"]
+
+log = structlog.get_logger(__name__)
+
+LEDGER_TYPES = frozenset({"email", "eventhub", "adf_pipeline"})
+COMPACT_AFTER = 200  # ledger records before expired entries are dropped at load
+
+
+class Ledger:
+    """Idempotency keys of completed ledger-protected actions of one partition."""
+
+    def __init__(self, store: BlobPartitionStore, partition_id: str, retention_s: float) -> None:
+        self.store = store
+        self.partition_id = partition_id
+        self.retention_s = retention_s
+        self.handle = StateHandle(partition_id)
+        self.done: dict[str, float] = {}
+        self.lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        self.handle = await self.store.load_ledger(self.partition_id)
+        horizon = time.time() - self.retention_s
+        for record in self.handle.records:
+            for key, at, *_ in record.get("entries", []):
+                if at >= horizon:
+                    self.done[key] = at
+        if len(self.handle.records) > COMPACT_AFTER:
+            entries = [[key, at] for key, at in self.done.items()]
+            await self.store.compact_ledger(self.handle, {"kind": "snapshot", "entries": entries})
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.done
+
+    async def record(self, planned: PlannedAction) -> None:
+        now = time.time()
+        entry = [planned.key, now, planned.action.type, planned.rule, planned.event.id]
+        async with self.lock:
+            await self.store.append_ledger(self.handle, {"kind": "entries", "entries": [entry]})
+        self.done[planned.key] = now
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Shared across partitions: the worker-wide in-flight cap and per-action caps."""
+
+    inflight: asyncio.Semaphore
+    per_action: dict[tuple[str, int], asyncio.Semaphore]
+
+    @classmethod
+    def create(cls, max_inflight: int) -> Limits:
+        return cls(asyncio.Semaphore(max_inflight), {})
+
+    def for_action(self, planned: PlannedAction) -> asyncio.Semaphore | None:
+        if planned.action.concurrency is None:
+            return None
+        slot = (planned.rule, planned.action.index)
+        if slot not in self.per_action:
+            self.per_action[slot] = asyncio.Semaphore(planned.action.concurrency)
+        return self.per_action[slot]
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ActionError) and exc.retryable
+
+
+class Delivery:
+    """The jobs of one partition."""
+
+    def __init__(
+        self,
+        partition_id: str,
+        executors: Mapping[str, Executor],
+        limits: Limits,
+        *,
+        environ: Mapping[str, str],
+        ledger: Ledger | None,
+        dead_letter: Callable[[str, dict[str, Any]], Awaitable[None]],
+        on_result: Callable[[str, PlannedAction, str], None] = lambda *_: None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.partition_id = partition_id
+        self.executors = executors
+        self.limits = limits
+        self.environ = environ
+        self.ledger = ledger
+        self.dead_letter = dead_letter
+        self.on_result = on_result
+        self.sleep = sleep
+        self._chains: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def submit(
+        self,
+        key: tuple[str, str],
+        actions: list[PlannedAction],
+        done: Callable[[], None],
+    ) -> asyncio.Task[None]:
+        """Start one event's actions after the previous job of the same object."""
+        previous = self._chains.get(key)
+        task = asyncio.ensure_future(self._job(previous, actions, done))
+        self._chains[key] = task
+        self._jobs.add(task)
+
+        def forget(finished: asyncio.Task[None]) -> None:
+            self._jobs.discard(finished)
+            if self._chains.get(key) is finished:
+                del self._chains[key]
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("job_crashed", error=repr(finished.exception()))
+
+        task.add_done_callback(forget)
+        return task
+
+    async def drain(self, deadline_s: float | None = None) -> bool:
+        """Wait for every job; False when the deadline left some unfinished."""
+        if not self._jobs:
+            return True
+        _, pending = await asyncio.wait(set(self._jobs), timeout=deadline_s)
+        return not pending
+
+    async def wait_below(self, limit: int) -> None:
+        """Backpressure: return once fewer than `limit` jobs are in flight."""
+        while len(self._jobs) >= limit:
+            await asyncio.wait(set(self._jobs), return_when=asyncio.FIRST_COMPLETED)
+
+    async def cancel(self) -> None:
+        for task in list(self._jobs):
+            task.cancel()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    async def _job(
+        self,
+        previous: asyncio.Task[None] | None,
+        actions: list[PlannedAction],
+        done: Callable[[], None],
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})  # its failure is its own: order, not fate
+        for planned in actions:
+            await self.run_one(planned)
+        done()
+
+    async def run_one(self, planned: PlannedAction) -> str:
+        """Run one action to its end: 'done', 'skipped' (ledger) or 'dead_lettered'."""
+        if (
+            self.ledger is not None
+            and planned.action.type in LEDGER_TYPES
+            and planned.key in self.ledger
+        ):
+            self.on_result("skipped", planned, "")
+            return "skipped"
+        executor = self.executors[planned.action.type]
+        attempts = 0
+        try:
+            params = reveal(planned.params, self.environ)
+        except RenderError as exc:
+            await self._give_up(planned, str(exc), attempts)
+            return "dead_lettered"
+        retry = planned.action.retry
+
+        def wait(state: RetryCallState) -> float:
+            backoff = min(retry.max_s, retry.initial_s * 2 ** (state.attempt_number - 1))
+            backoff = random.uniform(backoff / 2, backoff)  # jitter
+            error = state.outcome.exception() if state.outcome else None
+            after = getattr(error, "retry_after_s", None)
+            return max(backoff, min(after, 3600.0)) if after else backoff
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.debug(
+                "action_retry",
+                rule=planned.rule,
+                action=planned.action.type,
+                attempt=state.attempt_number,
+                error=str(error),
+            )
+
+        facts: dict[str, Any] | None = None
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(retry.attempts),
+                wait=wait,
+                retry=retry_if_exception(_retryable),
+                before_sleep=before_sleep,
+                sleep=self.sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    facts = await self._attempt(executor, planned, params)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # after the last attempt, or a permanent error
+            await self._give_up(planned, _describe(exc), attempts)
+            return "dead_lettered"
+        if self.ledger is not None and planned.action.type in LEDGER_TYPES:
+            await self._record(planned)
+        log.info(
+            "action_done",
+            rule=planned.rule,
+            action=planned.action.type,
+            idempotency_key=planned.key,
+            attempts=attempts,
+            **(facts or {}),
+        )
+        self.on_result("done", planned, "")
+        return "done"
+
+    async def _attempt(
+        self, executor: Executor, planned: PlannedAction, params: Any
+    ) -> dict[str, Any] | None:
+        per_action = self.limits.for_action(planned)
+        async with self.limits.inflight:
+            if per_action is None:
+                return await executor.execute(planned, params)
+            async with per_action:
+                return await executor.execute(planned, params)
+
+    async def _record(self, planned: PlannedAction) -> None:
+        """The ledger write must land: a lost entry could repeat the action after a crash."""
+        assert self.ledger is not None
+        delay = 0.5
+        while True:
+            try:
+                await self.ledger.record(planned)
+                return
+            except CheckpointError as exc:
+                log.warning("ledger_write_failed", error=str(exc), retry_in_s=delay)
+                await self.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    async def _give_up(self, planned: PlannedAction, error: str, attempts: int) -> None:
+        log.warning(
+            "action_dead_lettered",
+            rule=planned.rule,
+            action=planned.action.type,
+            idempotency_key=planned.key,
+            attempts=attempts,
+            error=error,
+        )
+        event = planned.event
+        await self.dead_letter(
+            f"{event.sequence_number}-{planned.key}",
+            {
+                "kind": "action_failed",
+                "reason": error,
+                "attempts": attempts,
+                "rule": planned.rule,
+                "action": planned.action.type,
+                "action_index": planned.action.index,
+                "action_id": planned.action.id,
+                "idempotency_key": planned.key,
+                "params": mask(planned.params),
+                "event_id": event.id,
+                "event_type": event.type,
+                "subject": event.subject,
+                "source": event.origin.as_dict(),
+                "event": event.as_received(),
+                "dead_lettered_at": time.time(),
+            },
+        )
+        self.on_result("dead_lettered", planned, error)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, ActionError) else f"{type(exc).__name__}: {text}"
