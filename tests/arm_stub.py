@@ -54,6 +54,9 @@ _WS = (
 _JOB_RE = re.compile(_WS + r"/jobs/(?P<name>[^/]+)$", re.IGNORECASE)
 _COMPUTE_RE = re.compile(_WS + r"/computes/(?P<name>[^/]+)$", re.IGNORECASE)
 _WORKSPACE_RE = re.compile(_WS + r"$", re.IGNORECASE)
+_COMPONENT_RE = re.compile(
+    _WS + r"/components/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$", re.IGNORECASE
+)
 _CREATE_RUN_RE = re.compile(
     r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.DataFactory/"
     r"factories/(?P<factory>[^/]+)/pipelines/(?P<pipeline>[^/]+)/createRun$",
@@ -152,6 +155,7 @@ class ArmStub:
     requests: list[Recorded] = field(default_factory=list)
     unknown: list[Recorded] = field(default_factory=list)
     jobs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
     _failures: list[_Failure] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -211,6 +215,7 @@ class ArmStub:
             self.requests.clear()
             self.unknown.clear()
             self.jobs.clear()
+            self.components.clear()
             self._failures.clear()
 
     def calls(self, method: str | None = None, contains: str = "") -> list[Recorded]:
@@ -268,6 +273,8 @@ class ArmStub:
                 return 200, job, {}
             if method == "PUT" and isinstance(record.body, dict):
                 return self._put_job(workspace_id, match["name"], key, record.body)
+        if match := _COMPONENT_RE.match(path):
+            return self._component(method, path, match["name"], match["version"], record.body)
         if method == "GET" and (match := _COMPUTE_RE.match(path)):
             return 200, _compute(path, match["name"]), {}
         if method == "GET" and (match := _WORKSPACE_RE.match(path)):
@@ -277,6 +284,20 @@ class ArmStub:
         with self._lock:
             self.unknown.append(record)
         return 404, _not_found(f"{method} {path} (the stub does not know this call)"), {}
+
+    def _component(
+        self, method: str, path: str, name: str, version: str, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            if method == "PUT" and isinstance(body, dict):
+                stored = copy.deepcopy(body)
+                stored.update(id=path, name=version, type="Microsoft.MachineLearningServices/"
+                              "workspaces/components/versions")
+                self.components[path.casefold()] = stored
+                return 201, stored, {}
+            if method == "GET" and path.casefold() in self.components:
+                return 200, self.components[path.casefold()], {}
+        return 404, _not_found(f"component {name}:{version}"), {}
 
     def _put_job(
         self, workspace_id: str, name: str, key: tuple[str, str], body: dict[str, Any]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import uuid
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobBlock
+from azure.storage.blob import BlobBlock, BlockState
 from azure.storage.blob.aio import ContainerClient
 
 from worker.errors import CheckpointError
@@ -196,9 +197,11 @@ class BlobPartitionStore:
     async def _append(self, handle: StateHandle, record: dict[str, Any], *, snapshot: bool) -> None:
         blob = self.container.get_blob_client(handle.blob_name)
         data = encode_record(record)
-        number = int(base64.b64decode(handle.blocks[-1])) + 1 if handle.blocks else 0
-        block_id = base64.b64encode(f"{number:016d}".encode()).decode()
-        blocks = [block_id] if snapshot else [*handle.blocks, block_id]
+        # Unique ids: two writers must never stage the same id, and committed blocks are
+        # listed as Committed so a stray staged block can never replace one.
+        block_id = base64.b64encode(uuid.uuid4().hex.encode()).decode()
+        committed = [] if snapshot else [BlobBlock(b, BlockState.COMMITTED) for b in handle.blocks]
+        blocks = [*committed, BlobBlock(block_id, BlockState.UNCOMMITTED)]
         conditions: dict[str, Any] = (
             {"etag": handle.etag, "match_condition": MatchConditions.IfNotModified}
             if handle.etag
@@ -207,7 +210,7 @@ class BlobPartitionStore:
         fenced = f"{handle.blob_name} was written by another owner"
         try:
             await blob.stage_block(block_id, data)
-            result = await blob.commit_block_list([BlobBlock(b) for b in blocks], **conditions)
+            result = await blob.commit_block_list(blocks, **conditions)
         except (ResourceModifiedError, ResourceExistsError) as exc:
             raise StateFenced(fenced) from exc
         except HttpResponseError as exc:
@@ -217,7 +220,7 @@ class BlobPartitionStore:
         except AzureError as exc:
             raise CheckpointError(f"cannot write {handle.blob_name}: {exc}") from exc
         handle.etag = result["etag"]
-        handle.blocks = blocks
+        handle.blocks = [b.id for b in blocks]
         if snapshot:
             handle.records = [record]
             handle.snapshot_bytes = len(data)

@@ -33,10 +33,12 @@ class Executor(Protocol):
         """Release connections (called once at shutdown)."""
 
 
-def available_executors(settings: Settings | None = None) -> dict[str, Executor]:
+def available_executors(settings: Settings) -> dict[str, Executor]:
+    """One executor per action type; each module imports its SDK lazily on first use."""
+    from worker.actions.eventhub import EventHubExecutor
     from worker.actions.log import LogExecutor
 
-    return {"log": LogExecutor()}
+    return {"log": LogExecutor(), "eventhub": EventHubExecutor(settings)}
 
 
 def missing_executors(action_types: frozenset[str], executors: Mapping[str, Any]) -> list[str]:
