@@ -291,8 +291,11 @@ class ArmStub:
         with self._lock:
             if method == "PUT" and isinstance(body, dict):
                 stored = copy.deepcopy(body)
-                stored.update(id=path, name=version, type="Microsoft.MachineLearningServices/"
-                              "workspaces/components/versions")
+                stored.update(
+                    id=path,
+                    name=version,
+                    type="Microsoft.MachineLearningServices/workspaces/components/versions",
+                )
                 self.components[path.casefold()] = stored
                 return 201, stored, {}
             if method == "GET" and path.casefold() in self.components:

@@ -17,16 +17,19 @@ from worker.plan import PlannedAction, plan_rule
 from worker.rules import parse_rules
 
 
-def planned_actions(action: str, *events: dict[str, Any], environ=None) -> list[PlannedAction]:
+def planned_actions(action: str, *events: dict[str, Any]) -> list[PlannedAction]:
+    """Plan one rule with `action` for each event, through the real loader and planner."""
     ruleset = parse_rules(
         f"version: 1\ntopics: ['{TOPIC}']\nrules:\n  - name: r\n    actions:\n      - {action}\n",
         "rules.yaml",
-        environ=environ or {"TOKEN": "s3cret"},
+        secrets="ignore",
     )
     result = []
     for n, obj in enumerate(events):
         decoded, _ = decode_body(json.dumps(obj).encode(), Origin("0", str(n), n))
-        result += [p for p in plan_rule(ruleset.rules[0], decoded[0]) if isinstance(p, PlannedAction)]
+        result += [
+            p for p in plan_rule(ruleset.rules[0], decoded[0]) if isinstance(p, PlannedAction)
+        ]
     return result
 
 
