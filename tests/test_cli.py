@@ -90,6 +90,9 @@ def test_example_stream_through_example_rules(tmp_path, monkeypatch):
         assert len(line["idempotency_key"]) == 32
     text = (tmp_path / "plan.jsonl").read_text()
     assert "${" not in text and "***" in text  # secrets are masked, never needed
+    (job,) = [line for line in plan if line["action"] == "aml_job"]
+    assert job["job_name"] == "aew-" + job["idempotency_key"]
+    assert job["studio_url"].startswith(f"https://ml.azure.com/runs/{job['job_name']}?wsid=")
     dead = (tmp_path / "plan.jsonl.deadletter.jsonl").read_text().splitlines()
     assert len(dead) == 1 and json.loads(dead[0])["source"]["line"] == 17
 

@@ -10,13 +10,22 @@ import hashlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from worker.events import Event, iso_ticks
 from worker.ordering import TICKS_PER_SECOND
 from worker.rules import Action, Rule, ThrottlePer
 from worker.templates import RenderError, mask, render_params, template_context
 
-__all__ = ["PlannedAction", "RenderFailure", "Throttler", "idempotency_key", "plan_rule"]
+__all__ = [
+    "PlannedAction",
+    "RenderFailure",
+    "Throttler",
+    "aml_job_name",
+    "idempotency_key",
+    "plan_rule",
+    "studio_url",
+]
 
 
 def idempotency_key(topic: str, event_id: str, rule: str, action: str) -> str:
@@ -26,6 +35,15 @@ def idempotency_key(topic: str, event_id: str, rule: str, action: str) -> str:
     """
     material = f"{topic.casefold()}\n{event_id}\n{rule}\n{action}".encode()
     return hashlib.sha256(material).hexdigest()[:32]
+
+
+def aml_job_name(key: str) -> str:
+    """AML job names are `aew-` + the idempotency key (DESIGN §5): a resubmission finds it."""
+    return f"aew-{key}"
+
+
+def studio_url(job_name: str, workspace_id: str) -> str:
+    return f"https://ml.azure.com/runs/{job_name}?wsid={quote(workspace_id, safe='/')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +76,17 @@ class PlannedAction:
             "idempotency_key": self.key,
             "late": event.late,
             "params": mask(self.params),
+            **self._target_facts(),
             "source": event.origin.as_dict(),
         }
+
+    def _target_facts(self) -> dict[str, Any]:
+        """What the target will call it, where the action type fixes that in advance."""
+        if self.action.type != "aml_job":
+            return {}
+        workspace = self.params.get("workspace") or self.event.topic
+        name = aml_job_name(self.key)
+        return {"job_name": name, "studio_url": studio_url(name, workspace)}
 
     def __repr__(self) -> str:
         return f"PlannedAction(rule={self.rule!r}, action={self.action.type!r}, key={self.key!r})"

@@ -88,9 +88,7 @@ def build_message(
     """The message, the envelope sender and the envelope recipients (To + Cc, no repeats)."""
     senders = _addresses([sender], "from")
     if len(senders) != 1:
-        raise ActionError(
-            f"email: 'from' must be one address, not {len(senders)}", retryable=False
-        )
+        raise ActionError(f"email: 'from' must be one address, not {len(senders)}", retryable=False)
     to = _addresses(params.get("to"), "to")
     cc = _addresses(params.get("cc"), "cc")
     if not to and not cc:
@@ -203,7 +201,9 @@ class EmailExecutor:
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
-            detail = "; ".join(f"{redact(r.recipient)}: {_reply(r, redact)}" for r in exc.recipients)
+            detail = "; ".join(
+                f"{redact(r.recipient)}: {_reply(r, redact)}" for r in exc.recipients
+            )
             raise ActionError(
                 f"email via {server}: every recipient was refused ({detail})",
                 retryable=any(400 <= code < 500 for code in codes),
