@@ -88,7 +88,7 @@ class Peer:
 
     def url(self, path: str = "/hook") -> str:
         assert self.server is not None
-        return str(self.server.make_url(path))
+        return f"http://127.0.0.1:{self.server.port}{path}"  # as written: no quoting of {{ }}
 
     @property
     def last(self) -> Seen:

@@ -205,6 +205,25 @@ def test_run_dispatches_every_event_once_and_checkpoints_to_the_end(env, tmp_pat
     dead = [b for b in blobs if "/deadletter/" in b]
     assert len(dead) == 3 and all(b.endswith("-body.json") for b in dead)
     assert sum("/state/" in b for b in blobs) == 4
+    listed = subprocess.run(
+        [sys.executable, "-m", "worker", "deadletter", "list", "--json"],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    records = json.loads(listed.stdout)
+    assert [r["kind"] for r in records] == ["invalid_body"] * 3
+    assert all(r["source"]["sequence_number"] is not None for r in records)
+    assert all(r["body"] == "{not json" for r in records)
+    table = subprocess.run(
+        [sys.executable, "-m", "worker", "deadletter", "list"],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert table[0].split()[:3] == ["when", "partition", "seq"] and len(table) == 4
     assert any(line["event"] == "no_checkpoint_start" for line in worker.lines())
 
 

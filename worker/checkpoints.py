@@ -260,7 +260,11 @@ class BlobPartitionStore:
 
     async def list_dead_letters(self) -> list[dict[str, Any]]:
         records = []
-        async for item in self.container.list_blobs(name_starts_with=f"{self.prefix}/deadletter/"):
-            downloader = await self.container.download_blob(item.name)
-            records.append({"blob": item.name, **json.loads(await downloader.readall())})
+        prefix = f"{self.prefix}/deadletter/"
+        try:
+            async for item in self.container.list_blobs(name_starts_with=prefix):
+                downloader = await self.container.download_blob(item.name)
+                records.append({"blob": item.name, **json.loads(await downloader.readall())})
+        except AzureError as exc:
+            raise CheckpointError(f"cannot list dead letters: {exc}") from exc
         return records

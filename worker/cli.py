@@ -130,6 +130,21 @@ def _parser() -> argparse.ArgumentParser:
         help="application property on every message (repeatable), e.g. aeg-delivery-count=0",
     )
 
+    dead = commands.add_parser("deadletter", help="look at dead-lettered events and actions")
+    dead_commands = dead.add_subparsers(dest="deadletter_command", metavar="COMMAND", required=True)
+    dead_list = dead_commands.add_parser(
+        "list",
+        help="list dead letters of the consumer group",
+        description="List dead letters (invalid bodies, render errors, failed actions) stored "
+        "next to the checkpoints. Storage and hub come from AML_WORKER_* settings.",
+    )
+    dead_list.add_argument("--consumer-group", metavar="NAME")
+    dead_list.add_argument(
+        "--since", metavar="TIME", help="only those dead-lettered since (ISO 8601)"
+    )
+    dead_list.add_argument("--rule", metavar="NAME", help="only those of this rule")
+    dead_list.add_argument("--json", action="store_true", help="machine-readable output")
+
     devhub = commands.add_parser(
         "dev-hub",
         help="a local Event Hubs-compatible AMQP server for development and tests",
@@ -160,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": _replay,
         "run": _run,
         "send": _send,
+        "deadletter": _deadletter,
     }
     try:
         return handler[args.command](args)
@@ -349,3 +365,43 @@ def _send(args: argparse.Namespace) -> int:
     )
     print(f"sent {sent} message{'s' if sent != 1 else ''} to {hub}")
     return 0
+
+
+def _deadletter(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from worker.deadletters import filter_dead_letters, render_table, to_json
+    from worker.events import parse_time
+    from worker.settings import load_settings
+
+    settings = load_settings(consumer_group=args.consumer_group)
+    since = None
+    if args.since:
+        try:
+            since = parse_time(args.since)[0]
+        except ValueError as exc:
+            raise _Fail(f"--since: {exc}", 2) from None
+    records = asyncio.run(_list_dead_letters(settings))
+    records = filter_dead_letters(records, since=since, rule=args.rule)
+    sys.stdout.write(to_json(records) if args.json else render_table(records))
+    return 0
+
+
+async def _list_dead_letters(settings: Any) -> list[dict[str, Any]]:
+    from worker.checkpoints import BlobPartitionStore
+    from worker.connections import blob_container, consumer_client
+
+    client = consumer_client(settings, consumer_group=settings.consumer_group)
+    container = blob_container(settings)
+    async with container:
+        store = BlobPartitionStore(
+            container,
+            None,
+            fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
+            eventhub_name=client.eventhub_name,
+            consumer_group=settings.consumer_group,
+        )
+        try:
+            return await store.list_dead_letters()
+        finally:
+            await client.close()

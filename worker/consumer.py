@@ -307,6 +307,7 @@ class PartitionWorker:
 
     async def _dead_letter(self, name: str, record: Mapping[str, Any]) -> None:
         """Dead letters must not be lost: retry the blob write until it lands."""
+        record = {"dead_lettered_at": time.time(), **record}
         delay = 0.5
         while True:
             try:

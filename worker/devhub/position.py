@@ -81,7 +81,11 @@ def parse_selector(expression: str) -> Position:
 
 
 def position_from_filters(filters: Any) -> Position:
-    """The position a source's filter set asks for; no selector means the start."""
+    """The position a source's filter set asks for.
+
+    No selector means the start of the partition (the SDK always sends one; other AMQP
+    clients reading without a filter get the whole retained stream).
+    """
     if not filters:
         return START
     if not isinstance(filters, dict):
