@@ -85,6 +85,15 @@ def event_of(obj: dict[str, Any], origin: Origin | None = None) -> Event:
     return events[0]
 
 
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Commands configure structlog globally; every test starts from the defaults."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.fixture
 def shared_samples() -> Path:
     if not (SHARED_SAMPLES / "stream.jsonl").is_file():

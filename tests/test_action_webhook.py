@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -430,7 +431,7 @@ async def test_one_session_serves_every_request(peer, executor):
 
     async def remember_port(request: web.Request) -> web.Response:
         ports.append(request.transport.get_extra_info("peername")[1])
-        return web.Response(text="ok")
+        return web.Response(body=b"x" * 300_000)  # more than one read: must be drained
 
     app = web.Application()
     app.router.add_post("/hook", remember_port)
@@ -444,6 +445,25 @@ async def test_one_session_serves_every_request(peer, executor):
         await server.close()
 
     assert len(ports) == 3 and len(set(ports)) == 1
+
+
+async def test_aclose_closes_the_session_and_refuses_further_work(peer):
+    """The session made by `session_factory` lives until aclose(), which closes it."""
+    made: list[aiohttp.ClientSession] = []
+
+    def factory() -> aiohttp.ClientSession:
+        made.append(aiohttp.ClientSession())
+        return made[-1]
+
+    planned, params = planned_for({"type": "webhook", "url": peer.url()}, eg())
+    executor = WebhookExecutor(None, session_factory=factory)
+    await executor.execute(planned, params)
+    await executor.execute(planned, params)
+    await executor.aclose()
+
+    assert len(made) == 1 and made[0].closed
+    with pytest.raises(RuntimeError, match="closed"):
+        await executor.execute(planned, params)
 
 
 # --- Entra auth ---------------------------------------------------------------------------
@@ -517,21 +537,25 @@ async def test_secrets_never_appear_in_error_messages(peer, executor):
         "headers": {"Authorization": "Basic ${TOKEN}"},
     }
     planned, params = planned_for(action, eg(), environ)
-    echo = f"bad request to {params['url']} with Authorization: {params['headers']['Authorization']}"
+    authorization = params["headers"]["Authorization"]
+    echo = f"bad request to {params['url']} with Authorization: {authorization}"
     peer.replies.append(Reply(400, echo))
+    peer.replies.append(Reply(403, "key query-secret-9f8e revoked; token header-secret-7a6b too"))
 
     echoed = await failure(executor, planned, params)
+    quoted = await failure(executor, planned, params)
 
     refused_url = f"http://127.0.0.1:{free_port()}/api/f?code=${{FUNC_KEY}}"
     planned2, params2 = planned_for({**action, "url": refused_url}, eg(), environ)
     refused = await failure(executor, planned2, params2)
 
     assert peer.last.query == {"code": "query-secret-9f8e"}  # the secret was sent...
-    for error in (echoed, refused):
+    for error in (echoed, quoted, refused):
         text = str(error)
         assert "query-secret-9f8e" not in text and "header-secret-7a6b" not in text
         assert "code=***" in text  # ...and shown masked
     assert "Authorization: Basic ***" in str(echoed)
+    assert "key *** revoked; token *** too" in str(quoted)
 
 
 def test_parse_retry_after_rejects_junk():
