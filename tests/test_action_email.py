@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email
 import email.policy
@@ -379,9 +380,10 @@ async def test_server_down_is_retryable():
 async def test_silent_server_times_out_retryably():
     """A server that accepts but never greets costs `smtp_timeout`, then retryable."""
 
+    connections: list[asyncio.StreamWriter] = []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # until the client gives up
-        writer.close()
+        connections.append(writer)  # never says "220": the client must give up
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -391,6 +393,10 @@ async def test_silent_server_times_out_retryably():
         error = await failure(smtp_settings(port, smtp_timeout=0.3), planned, params)
         elapsed = asyncio.get_running_loop().time() - started
     finally:
+        for writer in connections:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
         server.close()
         await server.wait_closed()
 

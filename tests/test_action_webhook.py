@@ -23,7 +23,8 @@ from azure.core.exceptions import ClientAuthenticationError
 
 import worker
 from tests.conftest import TOPIC, ce, eg, free_port
-from worker.actions.webhook import WebhookExecutor, parse_retry_after
+from worker.actions import parse_retry_after
+from worker.actions.webhook import WebhookExecutor
 from worker.errors import ActionError
 from worker.events import decode_body
 from worker.plan import PlannedAction, idempotency_key, plan_rule
@@ -94,13 +95,6 @@ class Peer:
     @property
     def last(self) -> Seen:
         return self.seen[-1]
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The executor honours proxy variables; loopback tests must not go through one."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -445,6 +439,18 @@ async def test_one_session_serves_every_request(peer, executor):
         await server.close()
 
     assert len(ports) == 3 and len(set(ports)) == 1
+
+
+async def test_cookies_are_not_carried_between_actions(peer, executor):
+    """A target's Set-Cookie does not leak into the next request (no shared state)."""
+    url = peer.url().replace("127.0.0.1", "localhost")  # cookie jars ignore IP hosts
+    planned, params = planned_for({"type": "webhook", "url": url}, eg())
+    peer.replies.append(Reply(200, "ok", {"Set-Cookie": "session=abc; Path=/"}))
+
+    await executor.execute(planned, params)
+    await executor.execute(planned, params)
+
+    assert "cookie" not in peer.last.headers
 
 
 async def test_aclose_closes_the_session_and_refuses_further_work(peer):

@@ -311,10 +311,24 @@ def test_two_workers_share_the_partitions_and_dispatch_each_event_once(env, tmp_
     assert a.dispatched() and b.dispatched()
 
 
-def test_unknown_action_type_refuses_to_start(env, tmp_path):
-    worker = env.start(rules_file(tmp_path, action="webhook"))
-    assert worker.wait(30) == 1
-    assert "refusing to start rather than silently doing nothing" in worker.log_path.read_text()
+def test_an_action_type_without_executor_refuses_to_start(tmp_path):
+    """A worker that cannot run an action the rules name must not silently skip it."""
+    from worker.actions.log import LogExecutor
+    from worker.consumer import Consumer
+    from worker.errors import ConfigError
+    from worker.positions import parse_positions
+    from worker.rules import load_rules
+    from worker.settings import Settings
+
+    ruleset = load_rules(rules_file(tmp_path, action="webhook"))
+    with pytest.raises(ConfigError, match="refusing to start rather than silently doing nothing"):
+        Consumer(
+            Settings(),
+            ruleset,
+            {"log": LogExecutor()},
+            environ={},
+            start_positions=parse_positions("earliest"),
+        )
 
 
 def test_missing_container_is_an_error_unless_allowed(env, tmp_path):

@@ -192,7 +192,13 @@ class BlobPartitionStore:
         raise CheckpointError(f"cannot write {handle.blob_name}: too many concurrent writers")
 
     async def compact_ledger(self, handle: StateHandle, record: dict[str, Any]) -> None:
-        await self._append(handle, record, snapshot=True)
+        try:
+            await self._append(handle, record, snapshot=True)
+        except StateFenced:
+            # Someone appended meanwhile: refresh, so the caller's retry merges with it.
+            fresh = await self._load_log(handle.partition_id, handle.blob_name)
+            handle.etag, handle.blocks, handle.records = fresh.etag, fresh.blocks, fresh.records
+            raise
 
     async def _append(self, handle: StateHandle, record: dict[str, Any], *, snapshot: bool) -> None:
         blob = self.container.get_blob_client(handle.blob_name)

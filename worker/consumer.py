@@ -94,6 +94,11 @@ class PartitionWorker:
         self._next_job = 0
         self.lock = asyncio.Lock()
         self.log = log.bind(partition_id=partition_id)
+        # Each ownership of a partition has its own id, so a re-claim by the same process
+        # still waits for the previous worker's `released` mark.
+        self.owner = f"{consumer.owner_id}/{uuid.uuid4().hex[:8]}"
+        self.force_snapshot = False
+        self.last_nonce = ""
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -109,6 +114,22 @@ class PartitionWorker:
                 delay = min(delay * 2, 30)
 
     async def start(self) -> None:
+        """Load state and get ready; all or nothing (a failed start leaves no half state)."""
+        for _ in range(10):
+            try:
+                await self._start()
+                return
+            except StateFenced:
+                # The previous owner wrote after we loaded (a hand-over that timed out):
+                # start again from its newer state.
+                self.log.info("state_changed_during_start")
+            except BaseException:
+                self.pipeline = self.handle = self.delivery = None
+                raise
+            self.pipeline = self.handle = self.delivery = None
+        raise CheckpointError(f"partition {self.partition_id}: state keeps changing under us")
+
+    async def _start(self) -> None:
         handle = await self._await_handover()
         ruleset = self.consumer.ruleset
         records = handle.records
@@ -117,15 +138,29 @@ class PartitionWorker:
         try:
             sequencer = Sequencer.restore(config, [r["sequencer"] for r in records[start:]])
             throttler = Throttler.restore(records[-1].get("throttle", []) if records else [])
-        except (KeyError, ValueError, TypeError) as exc:
-            self.log.warning("state_discarded", reason=str(exc))
+        except (KeyError, TypeError) as exc:
+            self.log.warning("state_discarded", reason=f"unreadable state ({exc})")
             sequencer, throttler = Sequencer(config), Throttler()
-        self.pipeline = PartitionPipeline(ruleset, sequencer=sequencer, throttler=throttler)
-        self.handle = handle
+        # A ValueError (state written by a newer worker) propagates: never overwrite it.
+        sequencer.resume(datetime.now(UTC))  # restored held events wait `grace` from now
         ledger = None
         if ruleset.action_types & LEDGER_TYPES:
             ledger = Ledger(self.store, self.partition_id, self.consumer.settings.ledger_retention)
             await ledger.load()
+        committed = await self.store.get_checkpoint(self.partition_id)
+        if committed is None:
+            committed = await self._initial_checkpoint()
+        progress = Progress(committed)
+        floor = committed.sequence_number if committed else -1
+        for event in sequencer.held_events():
+            seq = event.origin.sequence_number
+            if seq is not None and seq > floor:
+                progress.hold(seq)
+        # Everything is loaded: from here on nothing can fail half-way.
+        self.pipeline = PartitionPipeline(ruleset, sequencer=sequencer, throttler=throttler)
+        self.handle = handle
+        self.committed = committed
+        self.progress = progress
         self.delivery = Delivery(
             self.partition_id,
             self.consumer.executors,
@@ -135,15 +170,9 @@ class PartitionWorker:
             dead_letter=self._dead_letter,
             on_result=self.consumer.count_result,
         )
-        self.committed = await self.store.get_checkpoint(self.partition_id)
-        if self.committed is None:
-            self.committed = await self._initial_checkpoint()
-        self.progress = Progress(self.committed)
-        floor = self.committed.sequence_number if self.committed else -1
-        for event in sequencer.held_events():
-            seq = event.origin.sequence_number
-            if seq is not None and seq > floor:
-                self.progress.hold(seq)
+        # A snapshot claims the state blob for this owner (fencing the old one) before any
+        # action runs; StateFenced here restarts the start.
+        await self.save(force=True, snapshot=True, during_start=True)
         # Events whose actions were in flight when the previous owner saved: run them again
         # (same idempotency keys; the ledger and the targets keep them from repeating).
         pending = records[-1].get("pending", []) if records else []
@@ -157,16 +186,15 @@ class PartitionWorker:
             ]
             seq = event.origin.sequence_number
             if seq is not None and seq > floor:
-                self.progress.hold(seq)
+                progress.hold(seq)
             self._submit(event, [r.name for r in rules], actions)
         self.log.info(
             "partition_started",
-            checkpoint=self.committed.sequence_number if self.committed else None,
+            checkpoint=committed.sequence_number if committed else None,
             restored_ids=sequencer.remembered_ids,
             restored_held=sequencer.held,
+            restored_pending=len(pending),
         )
-        # A snapshot claims the state blob for this owner right away (fencing the old one).
-        await self.save(force=True, snapshot=True)
 
     async def _await_handover(self) -> StateHandle:
         """Wait (bounded) for a live previous owner to mark its final state `released`."""
@@ -177,7 +205,7 @@ class PartitionWorker:
         handle = await self.store.load_state(self.partition_id)
         while True:
             last = handle.last
-            if last is None or last.get("released") or last.get("owner") == self.consumer.owner_id:
+            if last is None or last.get("released"):
                 return handle
             if time.monotonic() >= deadline:
                 self.log.info("handover_timeout", previous_owner=last.get("owner"))
@@ -194,13 +222,11 @@ class PartitionWorker:
             if props.get("is_empty"):
                 mark = Mark(int(props["last_enqueued_sequence_number"]), "-1")
         elif position.kind is PositionKind.LATEST:
-            if props.get("is_empty"):
+            mark = self.consumer.latest.get(self.partition_id) or Mark(
+                int(props["last_enqueued_sequence_number"]), str(props["last_enqueued_offset"])
+            )
+            if props.get("is_empty") or mark.sequence_number < 0:
                 mark = Mark(int(props["last_enqueued_sequence_number"]), "-1")
-            else:
-                mark = Mark(
-                    int(props["last_enqueued_sequence_number"]),
-                    str(props["last_enqueued_offset"]),
-                )
         else:
             # seq:/offset:/time: positions: the offset just before them is not known without
             # reading; the first periodic save writes the checkpoint instead.
@@ -217,19 +243,16 @@ class PartitionWorker:
 
     async def close(self, *, release: bool, flush: bool) -> None:
         """Stop cleanly: finish the batch in hand, optionally release held events, save."""
+        deadline = time.monotonic() + self.consumer.settings.shutdown_timeout
         if self.busy is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(
-                    asyncio.shield(self.busy), self.consumer.settings.shutdown_timeout
-                )
+                await asyncio.wait_for(asyncio.shield(self.busy), _left(deadline))
         async with self.lock:
             if flush and self.pipeline is not None:
                 await self._dispatch_step(self.pipeline.finish())
-            if self.delivery is not None:
-                timeout = self.consumer.settings.shutdown_timeout
-                if not await self.delivery.drain(timeout):
-                    self.log.warning("shutdown_cancelled_actions", left=self.delivery.in_flight)
-                    await self.delivery.cancel()  # still `pending` in the saved state
+            if self.delivery is not None and not await self.delivery.drain(_left(deadline)):
+                self.log.warning("shutdown_cancelled_actions", left=self.delivery.in_flight)
+                await self.delivery.cancel()  # still `pending` in the saved state
             await self.save(force=True, released=release)
         if self.pipeline is not None:
             self.consumer.stats.summary.merge(self.pipeline.summary)
@@ -246,9 +269,14 @@ class PartitionWorker:
         async with self.lock:
             assert self.pipeline is not None
             now = datetime.now(UTC)
+            floor = self.committed.sequence_number if self.committed else -1
             for event_data in events:
-                origin, body = _origin_of(event_data, self.partition_id)
                 self.consumer.note_event()
+                if event_data.sequence_number <= floor:
+                    # Finished by definition: the SDK re-reads a checkpointed event when the
+                    # start position is inclusive, and hand-overs re-read up to it.
+                    continue
+                origin, body = _origin_of(event_data, self.partition_id)
                 step = self.pipeline.feed(body, origin, now)
                 mark = Mark(int(event_data.sequence_number), str(event_data.offset))
                 self.progress.received(mark, step.decoded)
@@ -322,7 +350,12 @@ class PartitionWorker:
     # --- saving -------------------------------------------------------------------------
 
     async def save(
-        self, *, force: bool = False, snapshot: bool = False, released: bool = False
+        self,
+        *,
+        force: bool = False,
+        snapshot: bool = False,
+        released: bool = False,
+        during_start: bool = False,
     ) -> None:
         """State, then checkpoint: at most once per interval unless forced (DESIGN §5)."""
         if self.fenced or self.pipeline is None or self.handle is None:
@@ -332,11 +365,15 @@ class PartitionWorker:
         moved = mark is not None and mark != self.committed
         if not force and (now - self.last_save < self.interval_s or not (self.dirty or moved)):
             return
-        snapshot = snapshot or self.store.needs_snapshot(self.handle)
+        # After a failed save the changes it carried are gone from the delta tracking:
+        # only a snapshot is complete then.
+        snapshot = snapshot or self.force_snapshot or self.store.needs_snapshot(self.handle)
         sequencer = self.pipeline.sequencer
+        nonce = uuid.uuid4().hex
         record = {
             "kind": "snapshot" if snapshot else "delta",
-            "owner": self.consumer.owner_id,
+            "owner": self.owner,
+            "nonce": nonce,
             "released": released,
             "saved_at": datetime.now(UTC).isoformat(),
             "checkpoint": [mark.sequence_number, mark.offset] if mark else None,
@@ -354,21 +391,44 @@ class PartitionWorker:
             ],
         }
         try:
-            await self.store.save_state(self.handle, record, snapshot=snapshot)
+            try:
+                await self.store.save_state(self.handle, record, snapshot=snapshot)
+            except StateFenced:
+                if during_start or not await self._landed(nonce):
+                    raise
+            self.force_snapshot = False
             self.consumer.stats.state_saves += 1
             if moved and mark is not None:
                 await self.store.update_checkpoint(self.partition_id, mark)
                 self.committed = mark
                 self.consumer.stats.checkpoints += 1
         except StateFenced:
+            if during_start:
+                raise
             self.fenced = True
             self.log.warning("state_fenced", message="another owner took this partition")
             return
         except CheckpointError as exc:
+            self.force_snapshot = True
             self.log.warning("save_failed", error=str(exc))  # retried next interval
             return
         self.last_save = now
         self.dirty = False
+
+    async def _landed(self, nonce: str) -> bool:
+        """After a conflict: did our own commit land after all (a retried request)?"""
+        assert self.handle is not None
+        fresh = await self.store.load_state(self.partition_id)
+        last = fresh.last
+        if last is not None and last.get("nonce") == nonce:
+            self.handle.etag, self.handle.blocks = fresh.etag, fresh.blocks
+            self.handle.records = fresh.records
+            return True
+        return False
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 def _origin_of(event_data: Any, partition_id: str) -> tuple[Origin, bytes]:
@@ -425,6 +485,7 @@ class Consumer:
         self.owner_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stats = RunStats()
         self.limits = Limits.create(settings.max_inflight)
+        self.latest: dict[str, Mark] = {}  # `latest` start positions pinned at start-up
         self.workers: dict[str, PartitionWorker] = {}
         self.client: Any = None
         self.store: BlobPartitionStore = None  # type: ignore[assignment]
@@ -509,6 +570,14 @@ class Consumer:
         self.store = store
         partition_ids = await client.get_partition_ids()
         positions, inclusive = self.start_positions.sdk(partition_ids)
+        for pid in partition_ids:
+            if self.start_positions.for_partition(pid).kind is PositionKind.LATEST:
+                # `@latest` would be resolved when the link attaches, after our initial
+                # checkpoint: pin it now so nothing enqueued in between is skipped.
+                props = await client.get_partition_properties(pid)
+                last = int(props["last_enqueued_sequence_number"])
+                self.latest[pid] = Mark(last, str(props["last_enqueued_offset"]))
+                positions[pid], inclusive[pid] = (last, False) if last >= 0 else ("-1", False)
         receiving = asyncio.ensure_future(
             client.receive_batch(
                 on_event_batch=self._on_batch,
@@ -528,7 +597,9 @@ class Consumer:
         watcher.cancel()
         log.info("worker_stopping", owned=sorted(self.workers))
         try:
-            await asyncio.wait_for(client.close(), self.settings.shutdown_timeout + 5)
+            # Each partition's close() keeps to shutdown_timeout; the margin covers the SDK's
+            # own link shutdown and its one-second polling loop.
+            await asyncio.wait_for(client.close(), self.settings.shutdown_timeout + 15)
         except TimeoutError:
             log.error("shutdown_timeout", left=sorted(self.workers))
         for task in (receiving, stopping, watcher):

@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 
 LEDGER_TYPES = frozenset({"email", "eventhub", "adf_pipeline"})
 COMPACT_AFTER = 200  # ledger records before expired entries are dropped at load
+COMPACT_BLOCKS = 1000  # ledger blocks before a running worker folds them into one
 
 
 class Ledger:
@@ -74,7 +75,15 @@ class Ledger:
         now = time.time()
         entry = [planned.key, now, planned.action.type, planned.rule, planned.event.id]
         async with self.lock:
-            await self.store.append_ledger(self.handle, {"kind": "entries", "entries": [entry]})
+            if len(self.handle.blocks) >= COMPACT_BLOCKS:
+                # Each commit lists every block and a blob holds at most 50,000: fold the
+                # live entries into one snapshot block long before that.
+                horizon = now - self.retention_s
+                live = [[k, at] for k, at in self.done.items() if at >= horizon] + [entry[:2]]
+                await self.store.compact_ledger(self.handle, {"kind": "snapshot", "entries": live})
+            else:
+                record = {"kind": "entries", "entries": [entry]}
+                await self.store.append_ledger(self.handle, record)
         self.done[planned.key] = now
 
 

@@ -184,6 +184,16 @@ class Sequencer:
                 threshold = held.effective
         return [] if threshold is None else self._release_until(threshold)
 
+    def resume(self, now: datetime) -> None:
+        """After a restore, held events wait `grace` of wall-clock time from `now`: they
+        came back without their arrival times, and a quiet partition must still release
+        them (DESIGN §4)."""
+        arrived = ticks_of(now)
+        for held in sorted(self._heap):
+            if held.arrived_at is None:
+                held.arrived_at = arrived
+                self._arrivals.append(held)
+
     def flush(self) -> list[Released]:
         """Release everything held, in order: the end of a finite source."""
         if not self._heap:

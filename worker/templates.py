@@ -13,9 +13,10 @@ without containing it: `mask()` turns markers into `***` (plans, logs, dead-lett
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -26,6 +27,7 @@ __all__ = [
     "MASK",
     "SECRET_RE",
     "JSONObject",
+    "Redactor",
     "RenderError",
     "Template",
     "compile_params",
@@ -211,3 +213,59 @@ def template_context(event: Event, rule: str) -> dict[str, Any]:
         "data": data,
         "rule": rule,
     }
+
+
+class Redactor:
+    """Hides the secret values of one action's parameters in text shown to people.
+
+    `masked` is `mask(planned.params)` (secrets as `***`), `revealed` the same tree with the
+    values substituted. Each revealed string that differs from its masked form is replaced
+    by that form, and the substituted values themselves (recovered by aligning the two, plus
+    their URL-quoted forms) are replaced by `***` wherever else they appear: in a response
+    body that echoes a header, or in a library's exception text that quotes the URL.
+    """
+
+    def __init__(self, masked: Any, revealed: Any, extra: Iterable[str] = ()) -> None:
+        whole: dict[str, str] = {}
+        values = {v for v in extra if v}
+        for shown, real in _string_pairs(masked, revealed):
+            if shown != real:
+                whole[real] = shown
+                values.update(_secret_parts(shown, real))
+        values |= {quote(v, safe="") for v in values} | {quote_plus(v) for v in values}
+        self._whole = sorted(whole.items(), key=lambda item: -len(item[0]))
+        self._values = sorted(values, key=len, reverse=True)
+
+    def add(self, value: str | None) -> None:
+        if value and value not in self._values:
+            self._values.append(value)
+            self._values.sort(key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for real, shown in self._whole:
+            text = text.replace(real, shown)
+        for value in self._values:
+            text = text.replace(value, MASK)
+        return text
+
+
+def _string_pairs(masked: Any, revealed: Any) -> Iterator[tuple[str, str]]:
+    if isinstance(masked, str) and isinstance(revealed, str):
+        yield masked, revealed
+    elif isinstance(masked, Mapping) and isinstance(revealed, Mapping):
+        for key, value in masked.items():
+            if key in revealed:
+                yield from _string_pairs(value, revealed[key])
+    elif isinstance(masked, list | tuple) and isinstance(revealed, list | tuple):
+        for shown, real in zip(masked, revealed, strict=False):
+            yield from _string_pairs(shown, real)
+
+
+def _secret_parts(shown: str, real: str) -> set[str]:
+    pieces = shown.split(MASK)
+    if len(pieces) > 1:
+        pattern = "(.*?)".join(re.escape(piece) for piece in pieces)
+        match = re.fullmatch(pattern, real, re.DOTALL)
+        if match:
+            return {group for group in match.groups() if group}
+    return {real}

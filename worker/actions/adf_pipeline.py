@@ -36,10 +36,10 @@ from urllib.parse import quote
 import structlog
 
 import worker
-from worker.actions.webhook import Redactor, parse_retry_after
+from worker.actions import parse_retry_after
 from worker.errors import ActionError
 from worker.plan import PlannedAction
-from worker.templates import mask
+from worker.templates import Redactor, mask
 
 if TYPE_CHECKING:
     from worker.settings import Settings

@@ -48,10 +48,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 import worker
-from worker.actions.webhook import Redactor, parse_retry_after
+from worker.actions import parse_retry_after
 from worker.errors import ActionError
 from worker.plan import PlannedAction
-from worker.templates import mask
+from worker.templates import Redactor, mask
 
 if TYPE_CHECKING:
     from worker.settings import Settings
@@ -208,9 +208,16 @@ class AmlJobExecutor:
             client = self._clients.get(workspace.key)
             if client is None:
                 factory = self._client_factory or self._default_client
-                client = await asyncio.to_thread(
-                    factory, workspace.subscription_id, workspace.resource_group, workspace.name
-                )
+                try:
+                    client = await asyncio.to_thread(
+                        factory, workspace.subscription_id, workspace.resource_group, workspace.name
+                    )
+                except Exception as exc:  # configuration (cloud, credential): not transient
+                    raise ActionError(
+                        f"aml_job: cannot create an MLClient for {workspace.id}: "
+                        f"{type(exc).__name__}: {exc}",
+                        retryable=False,
+                    ) from None
                 self._clients[workspace.key] = client
             return client
 

@@ -24,11 +24,10 @@ from typing import Any
 import aiosmtplib
 import structlog
 
-from worker.actions.webhook import Redactor
 from worker.errors import ActionError
 from worker.events import iso_ticks
 from worker.plan import PlannedAction
-from worker.templates import mask
+from worker.templates import Redactor, mask
 
 __all__ = ["DEFAULT_PORTS", "EmailExecutor", "build_message", "message_id"]
 

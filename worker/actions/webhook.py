@@ -18,24 +18,20 @@ import asyncio
 import hashlib
 import hmac
 import json
-import math
-import re
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import aiohttp
 from multidict import CIMultiDict
 
 import worker
+from worker.actions import parse_retry_after
 from worker.errors import ActionError
 from worker.events import Event, Schema, iso_ticks
 from worker.plan import PlannedAction
-from worker.templates import MASK, mask
+from worker.templates import Redactor, mask
 
 __all__ = [
     "CLOUDEVENTS_CONTENT_TYPE",
@@ -70,65 +66,6 @@ _AUTHORITY_HOSTS = {
     "AzureUSGovernment": "login.microsoftonline.us",
     "AzureChinaCloud": "login.chinacloudapi.cn",
 }
-
-
-# --- secrets ------------------------------------------------------------------------------
-
-
-class Redactor:
-    """Hides the secret values of one action's parameters in text shown to people.
-
-    `masked` is `mask(planned.params)` (secrets as `***`), `revealed` the same tree with the
-    values substituted. Each revealed string that differs from its masked form is replaced
-    by that form, and the substituted values themselves (recovered by aligning the two, plus
-    their URL-quoted forms) are replaced by `***` wherever else they appear: in a response
-    body that echoes a header, or in a library's exception text that quotes the URL.
-    """
-
-    def __init__(self, masked: Any, revealed: Any, extra: Iterable[str] = ()) -> None:
-        whole: dict[str, str] = {}
-        values = {v for v in extra if v}
-        for shown, real in _string_pairs(masked, revealed):
-            if shown != real:
-                whole[real] = shown
-                values.update(_secret_parts(shown, real))
-        values |= {quote(v, safe="") for v in values} | {quote_plus(v) for v in values}
-        self._whole = sorted(whole.items(), key=lambda item: -len(item[0]))
-        self._values = sorted(values, key=len, reverse=True)
-
-    def add(self, value: str | None) -> None:
-        if value and value not in self._values:
-            self._values.append(value)
-            self._values.sort(key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for real, shown in self._whole:
-            text = text.replace(real, shown)
-        for value in self._values:
-            text = text.replace(value, MASK)
-        return text
-
-
-def _string_pairs(masked: Any, revealed: Any) -> Iterator[tuple[str, str]]:
-    if isinstance(masked, str) and isinstance(revealed, str):
-        yield masked, revealed
-    elif isinstance(masked, Mapping) and isinstance(revealed, Mapping):
-        for key, value in masked.items():
-            if key in revealed:
-                yield from _string_pairs(value, revealed[key])
-    elif isinstance(masked, list | tuple) and isinstance(revealed, list | tuple):
-        for shown, real in zip(masked, revealed, strict=False):
-            yield from _string_pairs(shown, real)
-
-
-def _secret_parts(shown: str, real: str) -> set[str]:
-    pieces = shown.split(MASK)
-    if len(pieces) > 1:
-        pattern = "(.*?)".join(re.escape(piece) for piece in pieces)
-        match = re.fullmatch(pattern, real, re.DOTALL)
-        if match:
-            return {group for group in match.groups() if group}
-    return {real}
 
 
 # --- bodies -------------------------------------------------------------------------------
@@ -199,26 +136,6 @@ def request_body(event: Event, params: Mapping[str, Any]) -> tuple[bytes | None,
 
 def _method(params: Mapping[str, Any]) -> str:
     return str(params.get("method") or "POST").upper()
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """`Retry-After` in seconds: delay-seconds or an HTTP date; None when absent or invalid."""
-    if not value or not value.strip():
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _excerpt(raw: bytes) -> str:
@@ -297,9 +214,12 @@ class WebhookExecutor:
             if self._session_factory is not None:
                 self._session = self._session_factory()
             else:
-                # trust_env: honour HTTP(S)_PROXY / NO_PROXY, as an egress proxy needs.
+                # No cookie jar: one action must not see another target's cookies. No
+                # trust_env: it would read ~/.netrc on every request and clash with an
+                # Authorization header (proxy support belongs in Settings).
                 self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=None), trust_env=True
+                    timeout=aiohttp.ClientTimeout(total=None),
+                    cookie_jar=aiohttp.DummyCookieJar(),
                 )
         return self._session
 
