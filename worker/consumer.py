@@ -662,6 +662,12 @@ def install_signal_handlers(consumer: Consumer) -> None:
         loop.add_signal_handler(signum, handler, signum)
 
 
+def remove_signal_handlers() -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+
+
 async def run_worker(
     settings: Settings,
     ruleset: RuleSet,
@@ -723,6 +729,7 @@ async def run_worker(
             try:
                 return await consumer.run(client, store)
             finally:
+                remove_signal_handlers()
                 for executor in consumer.executors.values():
                     with contextlib.suppress(Exception):
                         await executor.aclose()

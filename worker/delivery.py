@@ -56,6 +56,8 @@ class Ledger:
         self.handle = StateHandle(partition_id)
         self.done: dict[str, float] = {}
         self.lock = asyncio.Lock()
+        self._queue: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
         self.handle = await self.store.load_ledger(self.partition_id)
@@ -72,19 +74,42 @@ class Ledger:
         return key in self.done
 
     async def record(self, planned: PlannedAction) -> None:
-        now = time.time()
-        entry = [planned.key, now, planned.action.type, planned.rule, planned.event.id]
-        async with self.lock:
-            if len(self.handle.blocks) >= COMPACT_BLOCKS:
-                # Each commit lists every block and a blob holds at most 50,000: fold the
-                # live entries into one snapshot block long before that.
-                horizon = now - self.retention_s
-                live = [[k, at] for k, at in self.done.items() if at >= horizon] + [entry[:2]]
-                await self.store.compact_ledger(self.handle, {"kind": "snapshot", "entries": live})
-            else:
-                record = {"kind": "entries", "entries": [entry]}
-                await self.store.append_ledger(self.handle, record)
-        self.done[planned.key] = now
+        """Record a success. Concurrent successes share one commit (group commit): the
+        window in which a crash can repeat an action is one blob write, not a queue."""
+        entry = [planned.key, time.time(), planned.action.type, planned.rule, planned.event.id]
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((entry, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_queued())
+        await future
+        self.done[planned.key] = entry[1]
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            entries = [entry for entry, _ in batch]
+            try:
+                async with self.lock:
+                    await self._commit(entries)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _commit(self, entries: list[list[Any]]) -> None:
+        if len(self.handle.blocks) >= COMPACT_BLOCKS:
+            # Each commit lists every block and a blob holds at most 50,000: fold the live
+            # entries into one snapshot block long before that.
+            horizon = time.time() - self.retention_s
+            live = [[k, at] for k, at in self.done.items() if at >= horizon]
+            live += [entry[:2] for entry in entries]
+            await self.store.compact_ledger(self.handle, {"kind": "snapshot", "entries": live})
+        else:
+            await self.store.append_ledger(self.handle, {"kind": "entries", "entries": entries})
 
 
 @dataclass(frozen=True, slots=True)

@@ -925,7 +925,11 @@ class _Checker:
             return self.auth(value, pos)
         if kind is Kind.TEMPLATE_MAP:
             value = {k: str(v) for k, v in value.items()}
-        if key == "url" and isinstance(value, str) and not re.match(r"\s*(https?://|\{\{)", value):
+        if (
+            key == "url"
+            and isinstance(value, str)
+            and not re.match(r"\s*(https?://|\{\{|\$\{)", value)
+        ):
             self.error(pos, f"'url' must start with http:// or https://, not {value!r}")
         return self.compile(value, pos, key)
 
