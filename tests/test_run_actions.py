@@ -21,7 +21,6 @@ import threading
 import time
 from collections import Counter
 from email import message_from_bytes
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,7 +80,7 @@ class MailPeer:
     def __init__(self) -> None:
         self.messages: list[Any] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(message_from_bytes(envelope.content))
         return "250 OK"
 
