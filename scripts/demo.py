@@ -2,7 +2,8 @@
 
 Starts Azurite and `aml-event-worker dev-hub` on loopback (both persisting under `.demo/`),
 publishes `examples/stream.jsonl` keyed by subject, runs `aml-event-worker run` with
-`examples/demo.rules.yaml` until the hub is drained (`--stop-when-idle`), and prints what
+`examples/demo.rules.yaml` (log actions, and a webhook to a loopback receiver it starts)
+until the hub is drained (`--stop-when-idle`), and prints what
 happened. Run it again: the same sample is published again, the worker resumes from its
 checkpoints, reads only the new copies and dispatches nothing — they are all duplicates.
 Every process it starts is stopped before it exits.
@@ -16,7 +17,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +51,26 @@ def wait_for_port(port: int, timeout: float = 20) -> None:
             return
         time.sleep(0.1)
     raise SystemExit(f"demo: nothing listens on 127.0.0.1:{port}")
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """The demo's webhook endpoint: prints what it receives."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        events = json.loads(body or b"[]")
+        event = events[0] if isinstance(events, list) and events else {}
+        print(
+            f"   webhook received {event.get('eventType', '?')} {event.get('subject', '')} "
+            f"(Idempotency-Key {self.headers.get('Idempotency-Key')}, "
+            f"X-Demo-Model {self.headers.get('X-Demo-Model')})",
+            flush=True,
+        )
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 def say(text: str) -> None:
@@ -93,8 +116,12 @@ def main() -> int:
         assert hub.stdout is not None
         connection = hub.stdout.readline().strip()
         print(connection)
+        receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+        threading.Thread(target=receiver.serve_forever, daemon=True).start()
+        say(f"webhook receiver on 127.0.0.1:{receiver.server_port}")
         env = {
             **os.environ,
+            "DEMO_WEBHOOK_URL": f"http://127.0.0.1:{receiver.server_port}/hooks/aml",
             "AML_WORKER_EVENTHUB_CONNECTION_STRING": connection,
             "AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING": (
                 "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"

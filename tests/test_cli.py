@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections import Counter
 import sys
 from pathlib import Path
 
@@ -208,8 +210,9 @@ def test_output_dash_writes_the_plan_to_stdout(capsys, monkeypatch, tmp_path):
     out, err = capsys.readouterr()
     assert code == 0
     lines = out.splitlines()
-    assert len(lines) == 32 and all(json.loads(line)["action"] == "log" for line in lines)
-    assert "replay summary:" in err and "planned=32" in err
+    actions = Counter(json.loads(line)["action"] for line in lines)
+    assert actions == {"log": 32, "webhook": 3}
+    assert "replay summary:" in err and "planned=35" in err
     assert (tmp_path / "deadletter.jsonl").read_text().count("\n") == 1
 
 
@@ -238,6 +241,7 @@ def test_replay_missing_source_file_fails_cleanly(tmp_path, capsys):
 
 def test_check_rules_ok_and_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("DEPLOY_HOOK_TOKEN", raising=False)
+    monkeypatch.setenv("DEMO_WEBHOOK_URL", "http://127.0.0.1:9/hook")
     assert main(["check-rules", str(EXAMPLES / "demo.rules.yaml")]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "OK" in out
@@ -306,6 +310,7 @@ def test_console_script_and_module_entry_points(tmp_path):
     """`python -m worker` and the installed script both run, with output on stdout only."""
     result = subprocess.run(
         [sys.executable, "-m", "worker", "check-rules", str(EXAMPLES / "demo.rules.yaml")],
+        env={**os.environ, "DEMO_WEBHOOK_URL": "http://127.0.0.1:9/hook"},
         capture_output=True,
         text=True,
         check=False,

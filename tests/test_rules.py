@@ -400,4 +400,5 @@ def test_project_example_rules_load(monkeypatch):
     ruleset = load_rules(EXAMPLES / "rules.yaml", environ=env)
     types = {a.type for r in ruleset.rules for a in r.actions}
     assert types == {"log", "webhook", "email", "aml_job", "eventhub", "adf_pipeline"}
-    assert load_rules(EXAMPLES / "demo.rules.yaml", environ={}).rules
+    demo = load_rules(EXAMPLES / "demo.rules.yaml", environ={"DEMO_WEBHOOK_URL": "http://x"})
+    assert {a.type for r in demo.rules for a in r.actions} == {"log", "webhook"}
