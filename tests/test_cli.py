@@ -323,7 +323,7 @@ def test_console_script_and_module_entry_points(tmp_path):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("bad_source", ["eventhub", "nope:x"])
+@pytest.mark.parametrize("bad_source", ["file:", "nope:x", "capture:"])
 def test_unsupported_source_is_a_usage_error(bad_source, capsys):
     code = main(["replay", "--rules", str(EXAMPLES / "demo.rules.yaml"), "--source", bad_source])
     assert code == 2 and "unsupported --source" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -67,8 +68,29 @@ def _parser() -> argparse.ArgumentParser:
         "--source",
         required=True,
         metavar="SOURCE",
-        help="file:PATH (JSON lines, one Event Hubs message body per line)",
+        help="file:PATH (JSON lines, one Event Hubs message body per line), eventhub "
+        "(the hub of AML_WORKER_EVENTHUB_*), or capture:PATH_OR_URL (Event Hubs Capture Avro)",
     )
+    replay.add_argument(
+        "--from",
+        dest="start",
+        metavar="POSITION",
+        help="eventhub/capture: earliest (default), latest, seq:N, offset:X, time:ISO, per "
+        "partition 0=seq:5,...; eventhub also: checkpoint (the live group's) or file:SNAPSHOT",
+    )
+    replay.add_argument(
+        "--until", metavar="POSITION", help="inclusive end (default: each partition's last event)"
+    )
+    replay.add_argument("--partitions", metavar="IDS", help="only these partitions, e.g. 0,2")
+    replay.add_argument(
+        "--consumer-group",
+        metavar="NAME",
+        help="eventhub: the replay's own group (default $AML_WORKER_REPLAY_CONSUMER_GROUP)",
+    )
+    replay.add_argument(
+        "--force", action="store_true", help="allow --consumer-group to be the live group"
+    )
+    replay.add_argument("--only-rule", metavar="NAME", help="replay through this rule only")
     replay.add_argument("--dry-run", action="store_true", help="write the plan, run nothing")
     replay.add_argument(
         "--output", default="-", metavar="PLAN", help="plan file (JSON lines); - for stdout"
@@ -261,42 +283,136 @@ def _open_out(path: str) -> Iterator[IO[str]]:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from worker.errors import SourceError
-    from worker.replay import dry_run
-    from worker.source import read_jsonl
-
     kind, _, location = args.source.partition(":")
-    if kind != "file" or not location:
+    if kind not in ("file", "eventhub", "capture") or (kind != "eventhub" and not location):
         raise _Fail(
-            f"unsupported --source {args.source!r}: this version replays file:PATH "
-            "(JSON lines); Event Hubs and Capture sources come with the consumer",
+            f"unsupported --source {args.source!r}: use file:PATH, eventhub or capture:PATH_OR_URL",
             2,
         )
-    if not args.dry_run:
-        raise _Fail("replay from a file runs with --dry-run only in this version", 2)
-    ruleset = _load(args.rules, secrets="ignore")
-    if not Path(location).is_file():
-        raise _Fail(f"source file {location} not found")
+    ruleset = _load(args.rules, secrets="ignore" if args.dry_run else "require")
+    if args.only_rule:
+        chosen = [r for r in ruleset.rules if r.name == args.only_rule]
+        if not chosen:
+            names = ", ".join(r.name for r in ruleset.rules)
+            raise _Fail(f"--only-rule: no rule named {args.only_rule!r} (rules: {names})", 2)
+        ruleset = dataclasses.replace(ruleset, rules=tuple(chosen))
     dead_letter = args.dead_letter or (
         "deadletter.jsonl" if args.output == "-" else f"{args.output}.deadletter.jsonl"
     )
-    try:
-        with _open_out(args.output) as plan, _open_out(dead_letter) as dead:
-            summary = dry_run(ruleset, read_jsonl(location), plan, dead)
-    except SourceError as exc:
-        raise _Fail(str(exc)) from None
-    counts = summary.as_dict()
+    if kind == "file":
+        summary = _replay_file(args, ruleset, location, dead_letter)
+    elif kind == "capture":
+        summary = _replay_capture(args, ruleset, location, dead_letter)
+    else:
+        summary = _replay_eventhub(args, ruleset, dead_letter)
+    counts = summary if isinstance(summary, dict) else summary.as_dict()
     print(
         "replay summary: " + " ".join(f"{name}={value}" for name, value in counts.items()),
         file=sys.stderr,
     )
-    if counts["invalid"] or counts["render_errors"]:
+    if counts.get("invalid") or counts.get("render_errors"):
         print(f"dead letters written to {dead_letter}", file=sys.stderr)
     if args.summary_json:
         with _open_out(args.summary_json) as handle:
             json.dump(counts, handle, indent=2)
             handle.write("\n")
     return 0
+
+
+def _replay_file(args: argparse.Namespace, ruleset: Any, location: str, dead_letter: str) -> Any:
+    from worker.errors import SourceError
+    from worker.replay import dry_run
+    from worker.source import read_jsonl
+
+    if not args.dry_run:
+        raise _Fail("replay from a file runs with --dry-run only", 2)
+    if not Path(location).is_file():
+        raise _Fail(f"source file {location} not found")
+    try:
+        with _open_out(args.output) as plan, _open_out(dead_letter) as dead:
+            return dry_run(ruleset, read_jsonl(location), plan, dead)
+    except SourceError as exc:
+        raise _Fail(str(exc)) from None
+
+
+def _positions(text: str | None, flag: str) -> Any:
+    from worker.positions import parse_positions
+
+    if text is None:
+        return None
+    try:
+        return parse_positions(text)
+    except ValueError as exc:
+        raise _Fail(f"{flag}: {exc}", 2) from None
+
+
+def _replay_capture(args: argparse.Namespace, ruleset: Any, location: str, dead: str) -> Any:
+    import asyncio
+
+    from worker.backfill import backfill_capture
+    from worker.capture import read_capture
+    from worker.settings import load_settings
+
+    if not args.dry_run:
+        raise _Fail("replay from Capture files runs with --dry-run only in this version", 2)
+    settings = load_settings()
+    conn = settings.checkpoint_store_connection_string
+    partitions = set(args.partitions.split(",")) if args.partitions else None
+    messages = read_capture(
+        location,
+        connection_string=conn.get_secret_value() if conn else None,
+        start=_positions(args.start, "--from"),
+        until=_positions(args.until, "--until"),
+        partitions=partitions,
+    )
+    with _open_out(dead) as dead_file:
+        return asyncio.run(backfill_capture(ruleset, messages, args.output, dead_file))
+
+
+def _replay_eventhub(args: argparse.Namespace, ruleset: Any, dead_letter: str) -> Any:
+    import asyncio
+
+    from worker.actions import available_executors
+    from worker.backfill import backfill_eventhub
+    from worker.settings import load_settings
+
+    settings = load_settings()
+    group = args.consumer_group or settings.replay_consumer_group
+    if group.lower() == settings.consumer_group.lower() and not args.force:
+        raise _Fail(
+            f"--consumer-group {group!r} is the live worker's group: a replay there would "
+            "move its checkpoints; pick another group or pass --force",
+            2,
+        )
+    start = args.start or "earliest"
+    from_checkpoint = start == "checkpoint"
+    snapshot = start[len("file:") :] if start.startswith("file:") else None
+    positions = None if (from_checkpoint or snapshot) else _positions(start, "--from")
+    partitions = {p.strip() for p in args.partitions.split(",")} if args.partitions else None
+    executors = None if args.dry_run else available_executors(settings)
+    result = asyncio.run(
+        backfill_eventhub(
+            settings,
+            ruleset,
+            consumer_group=group,
+            start=positions,
+            from_checkpoint=from_checkpoint,
+            snapshot=snapshot,
+            until=_positions(args.until, "--until"),
+            partitions=partitions,
+            plan_path=args.output if args.dry_run else None,
+            dead_letter_path=dead_letter,
+            executors=executors,
+        )
+    )
+    counts = result.summary.as_dict()
+    if not args.dry_run:
+        counts.update(
+            actions_dispatched=result.actions,
+            actions_skipped_by_ledger=result.skipped,
+            action_failures=result.failures,
+        )
+    return counts
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,0 +1,123 @@
+"""`replay --source eventhub`: history through the rules beside a live worker (issue 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+from tests.conftest import TOPIC, free_port
+from tests.test_run import Env, rules_file, stream
+from tests.test_run_actions import MailPeer
+from worker.plan import idempotency_key
+
+
+def replay(env: Env, rules: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "replay", "--rules", str(rules), "--source", "eventhub",
+         *args],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+
+
+def plan_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_dry_run_backfill_beside_a_live_worker_leaves_its_checkpoints_alone(
+    tmp_path, dev_hub, azurite
+):
+    env = Env(tmp_path, dev_hub, azurite)
+    env.send(stream(tmp_path / "s.jsonl", 120, poison=1))
+    rules = rules_file(tmp_path)
+    live = env.start(rules, "--stop-when-idle", "2")
+    assert live.wait() == 0
+    before = asyncio.run(env.checkpoints())
+    plan = tmp_path / "plan.jsonl"
+    result = replay(env, rules, "--dry-run", "--output", str(plan), "--summary-json",
+                    str(tmp_path / "sum.json"))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = plan_of(plan)
+    keys = {idempotency_key(TOPIC, f"ev-{i}", "all", "0") for i in range(120)}
+    assert {line["idempotency_key"] for line in lines} == keys  # the live worker's keys
+    partitions = [line["source"]["partition_id"] for line in lines]
+    assert partitions == sorted(partitions, key=int)  # deterministic: partition by partition
+    summary = json.loads((tmp_path / "sum.json").read_text())
+    assert summary["messages"] == 121 and summary["invalid"] == 1
+    assert asyncio.run(env.checkpoints()) == before
+    again = tmp_path / "again.jsonl"
+    replay(env, rules, "--dry-run", "--output", str(again))
+    assert again.read_bytes() == plan.read_bytes()
+    # From the live group's checkpoints there is nothing left to replay.
+    rest = tmp_path / "rest.jsonl"
+    result = replay(env, rules, "--dry-run", "--from", "checkpoint", "--output", str(rest))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert rest.read_text() == ""
+
+
+def test_until_partitions_and_only_rule(tmp_path, dev_hub, azurite):
+    env = Env(tmp_path, dev_hub, azurite)
+    env.send(stream(tmp_path / "s.jsonl", 80))
+    rules = tmp_path / "two.yaml"
+    rules.write_text(
+        f"version: 1\ntopics: ['{TOPIC}']\nordering: {{grace: 0s}}\nrules:\n"
+        "  - name: a\n    actions: [{type: log, message: x}]\n"
+        "  - name: b\n    actions: [{type: log, message: y}]\n"
+    )
+    plan = tmp_path / "plan.jsonl"
+    result = replay(env, rules, "--dry-run", "--output", str(plan), "--partitions", "1",
+                    "--from", "seq:2", "--until", "seq:5", "--only-rule", "b")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = plan_of(plan)
+    assert {line["rule"] for line in lines} == {"b"}
+    assert [line["source"]["sequence_number"] for line in lines] == [2, 3, 4, 5]
+    assert {line["source"]["partition_id"] for line in lines} == {"1"}
+
+
+def test_the_live_group_is_refused_unless_forced(tmp_path, dev_hub, azurite):
+    env = Env(tmp_path, dev_hub, azurite)
+    result = replay(env, rules_file(tmp_path), "--dry-run", "--consumer-group", "$Default")
+    assert result.returncode == 2 and "live worker's group" in result.stderr
+
+
+def test_real_backfill_does_not_repeat_what_the_live_ledger_recorded(tmp_path, dev_hub, azurite):
+    mail = MailPeer()
+    smtp = Controller(mail, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    try:
+        env = Env(tmp_path, dev_hub, azurite)
+        env.env.update(
+            {
+                "AML_WORKER_SMTP_HOST": "127.0.0.1",
+                "AML_WORKER_SMTP_PORT": str(smtp.port),
+                "AML_WORKER_SMTP_TLS": "none",
+                "AML_WORKER_SMTP_FROM": "worker@example.com",
+            }
+        )
+        rules = tmp_path / "mail.yaml"
+        rules.write_text(
+            f"version: 1\ntopics: ['{TOPIC}']\nordering: {{grace: 0s}}\nrules:\n"
+            "  - name: mail\n    actions: [{type: email, to: [t@example.com], subject: x}]\n"
+        )
+        env.send(stream(tmp_path / "s.jsonl", 30))
+        live = env.start(rules, "--stop-when-idle", "2")
+        assert live.wait() == 0
+        assert len(mail.messages) == 30
+        env.send(stream(tmp_path / "more.jsonl", 10, start=30))
+        summary = tmp_path / "sum.json"
+        result = replay(env, rules, "--summary-json", str(summary))
+        assert result.returncode == 0, result.stderr[-2000:]
+        counts = json.loads(summary.read_text())
+        assert counts["actions_skipped_by_ledger"] == 30  # the live worker sent these
+        assert counts["actions_dispatched"] == 10  # only the new ones
+        assert len(mail.messages) == 40
+    finally:
+        smtp.stop()

@@ -1,0 +1,478 @@
+"""`replay --source eventhub` and `--source capture:`: re-run history through the rules.
+
+A backfill runs beside the live worker without disturbing it: its own consumer group
+(never the live one, unless forced), fresh dedupe and order state, no load balancing (it
+reads the partitions it is told to, each from its start to its end), and read access to
+the live group's ledger so that ledger-protected actions the live worker already ran are
+not repeated. Idempotency keys are the live ones, so idempotent targets dedupe the rest.
+It is finite: each partition ends at `--until` (default: its last event at start), and
+what the reorder buffer still holds is released then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from worker.actions import Executor
+from worker.checkpoints import BlobPartitionStore
+from worker.consumer import _origin_of
+from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
+from worker.errors import ConfigError, SourceError
+from worker.events import Origin
+from worker.pipeline import PartitionPipeline, Step, Summary
+from worker.positions import Position, PositionKind, StartPositions
+from worker.replay import _json_line, dead_letter_for_rejection
+from worker.rules import RuleSet
+from worker.settings import Settings
+
+__all__ = ["BackfillPlan", "Bounds", "backfill_eventhub", "resolve_bounds"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """One partition's slice of history: where to start and where to stop (inclusive)."""
+
+    partition_id: str
+    start: Any  # SDK starting_position
+    inclusive: bool
+    last_sequence_number: int  # stop once this one is processed (the end at start-up)
+    until_time: datetime | None = None  # stop before events enqueued after this
+    until_offset: str | None = None
+    empty: bool = False
+
+    def finished_by(self, sequence_number: int, offset: str, enqueued: datetime | None) -> bool:
+        if sequence_number >= self.last_sequence_number:
+            return True
+        return self.until_offset is not None and _offset_at_or_after(offset, self.until_offset)
+
+    def beyond(self, enqueued: datetime | None) -> bool:
+        return self.until_time is not None and enqueued is not None and enqueued > self.until_time
+
+
+def _offset_at_or_after(offset: str, target: str) -> bool:
+    try:
+        return int(offset) >= int(target)
+    except ValueError:
+        return offset == target
+
+
+@dataclass(slots=True)
+class BackfillPlan:
+    """What a backfill did, partition by partition."""
+
+    summary: Summary = field(default_factory=Summary)
+    partitions: dict[str, int] = field(default_factory=dict)  # messages per partition
+    actions: int = 0
+    skipped: int = 0
+    failures: int = 0
+
+
+def parse_snapshot(path: str) -> dict[str, tuple[int, str]]:
+    """`checkpoints export` output: {"partitions": {"0": {"sequence_number", "offset"}}}."""
+    try:
+        document = json.loads(Path(path).read_text())
+        return {
+            str(pid): (int(mark["sequence_number"]), str(mark["offset"]))
+            for pid, mark in document["partitions"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read checkpoint snapshot {path}: {exc}") from None
+
+
+async def resolve_bounds(
+    client: Any,
+    partition_ids: list[str],
+    *,
+    start: StartPositions | None,
+    checkpoints: Mapping[str, tuple[int, str]] | None,
+    until: StartPositions | None,
+) -> list[Bounds]:
+    """Start and end per partition; `checkpoints` (live group or snapshot) when given."""
+    bounds = []
+    for pid in partition_ids:
+        props = await client.get_partition_properties(pid)
+        last = int(props["last_enqueued_sequence_number"])
+        if checkpoints is not None:
+            mark = checkpoints.get(pid)
+            begin: Any = mark[1] if mark else "-1"
+            inclusive = False
+            first = mark[0] + 1 if mark else int(props["beginning_sequence_number"])
+        else:
+            assert start is not None
+            position = start.for_partition(pid)
+            if position.kind is PositionKind.LATEST:
+                begin, inclusive, first = last, True, last
+            else:
+                begin, inclusive = position.sdk()
+                first = position.value if position.kind is PositionKind.SEQUENCE else 0
+        end = until.for_partition(pid) if until else Position(PositionKind.LATEST)
+        stop, until_time, until_offset = last, None, None
+        if end.kind is PositionKind.SEQUENCE:
+            stop = min(last, int(end.value))
+        elif end.kind is PositionKind.TIME:
+            until_time = end.value
+        elif end.kind is PositionKind.OFFSET:
+            until_offset = str(end.value)
+        elif end.kind is PositionKind.EARLIEST:
+            stop = -1
+        empty = bool(props.get("is_empty")) or last < 0 or stop < first
+        bounds.append(Bounds(pid, begin, inclusive, stop, until_time, until_offset, empty))
+    return bounds
+
+
+class _PartitionRun:
+    """One partition of a backfill: pipeline, plan file or delivery, finish detection."""
+
+    def __init__(
+        self,
+        bounds: Bounds,
+        ruleset: RuleSet,
+        *,
+        plan: IO[str] | None,
+        delivery: Delivery | None,
+        dead_letter: Callable[[str, dict[str, Any]], Any],
+    ) -> None:
+        self.bounds = bounds
+        self.pipeline = PartitionPipeline(ruleset)
+        self.plan = plan
+        self.delivery = delivery
+        self.dead_letter = dead_letter
+        self.done = asyncio.Event()
+        self.messages = 0
+        self.started = time.monotonic()
+        if bounds.empty:
+            self.done.set()
+
+    async def handle(self, events: list[Any]) -> None:
+        if self.done.is_set():
+            return
+        for event_data in events:
+            origin, body = _origin_of(event_data, self.bounds.partition_id)
+            if self.bounds.beyond(origin.enqueued_time):
+                await self._finish()
+                return
+            self.messages += 1
+            await self._apply(self.pipeline.feed(body, origin))
+            if self.bounds.finished_by(
+                event_data.sequence_number, str(event_data.offset), origin.enqueued_time
+            ):
+                await self._finish()
+                return
+
+    async def feed(self, body: bytes, origin: Origin) -> None:
+        """Capture source: bodies come without the SDK."""
+        self.messages += 1
+        await self._apply(self.pipeline.feed(body, origin))
+
+    async def _finish(self) -> None:
+        await self._apply(self.pipeline.finish())
+        if self.delivery is not None:
+            await self.delivery.drain()
+        self.done.set()
+
+    async def _apply(self, step: Step) -> None:
+        for rejection in step.rejections:
+            index = "body" if rejection.index is None else str(rejection.index)
+            name = f"{rejection.origin.sequence_number}-{index}"
+            await self.dead_letter(name, dead_letter_for_rejection(rejection))
+        for decision in step.decisions:
+            for failure in decision.failures:
+                await self.dead_letter(
+                    f"{decision.event.sequence_number}-{failure.key}", failure.dead_letter()
+                )
+            if not decision.actions:
+                continue
+            if self.plan is not None:
+                for action in decision.actions:
+                    self.plan.write(_json_line(action.plan_line()))
+            elif self.delivery is not None:
+                self.delivery.submit(
+                    decision.event.object_key, list(decision.actions), lambda: None
+                )
+                await self.delivery.wait_below(1000)
+
+
+async def backfill_eventhub(
+    settings: Settings,
+    ruleset: RuleSet,
+    *,
+    consumer_group: str,
+    start: StartPositions | None,
+    from_checkpoint: bool,
+    snapshot: str | None,
+    until: StartPositions | None,
+    partitions: set[str] | None,
+    plan_path: str | None,
+    dead_letter_path: str | None,
+    executors: Mapping[str, Executor] | None,
+    progress: Callable[[dict[str, tuple[int, int]]], None] | None = None,
+) -> BackfillPlan:
+    """Replay a hub's history. `plan_path` set = dry run (no action runs)."""
+    from worker.connections import blob_container, checkpoint_store, consumer_client
+
+    probe = consumer_client(settings, consumer_group=consumer_group)
+    async with probe:
+        partition_ids = await probe.get_partition_ids()
+        if partitions:
+            unknown = sorted(partitions - set(partition_ids))
+            if unknown:
+                raise ConfigError(f"--partitions: the hub has no partition {', '.join(unknown)}")
+            partition_ids = [p for p in partition_ids if p in partitions]
+        fqns, hub = probe._address.hostname, probe.eventhub_name  # as the SDK names blobs
+        checkpoints = None
+        container = None
+        if from_checkpoint or not plan_path:
+            container = blob_container(settings)
+        if snapshot:
+            checkpoints = parse_snapshot(snapshot)
+        elif from_checkpoint:
+            assert container is not None
+            live = BlobPartitionStore(
+                container,
+                checkpoint_store(settings),
+                fully_qualified_namespace=fqns,
+                eventhub_name=hub,
+                consumer_group=settings.consumer_group,
+            )
+            checkpoints = {}
+            for pid in partition_ids:
+                mark = await live.get_checkpoint(pid)
+                if mark is not None:
+                    checkpoints[pid] = (mark.sequence_number, mark.offset)
+            await live.checkpoint_store.close()
+        bounds = await resolve_bounds(
+            probe, partition_ids, start=start, checkpoints=checkpoints, until=until
+        )
+
+    result = BackfillPlan()
+    with contextlib.ExitStack() as files:
+        tmp = Path(files.enter_context(tempfile.TemporaryDirectory()))
+        dead_file = None
+        if dead_letter_path:
+            dead_file = files.enter_context(_open_text(dead_letter_path))
+        runs: dict[str, _PartitionRun] = {}
+        stores: list[Any] = []
+        limits = Limits.create(settings.max_inflight)
+        for b in bounds:
+            plan_file = None
+            if plan_path:
+                plan_file = files.enter_context(_open_text(tmp / f"{b.partition_id}.jsonl"))
+
+            async def dead_letter(name: str, record: dict[str, Any], pid: str = b.partition_id):
+                if dead_file is not None:
+                    dead_file.write(_json_line(record))
+                else:
+                    log.warning("backfill_dead_letter", partition_id=pid, name=name)
+
+            delivery = None
+            if not plan_path:
+                assert executors is not None and container is not None
+                delivery = await _delivery(
+                    settings, container, fqns, hub, consumer_group, b.partition_id,
+                    ruleset, executors, limits, dead_letter, result, stores,
+                )  # fmt: skip
+            runs[b.partition_id] = _PartitionRun(
+                b, ruleset, plan=plan_file, delivery=delivery, dead_letter=dead_letter
+            )
+        try:
+            await _receive_all(settings, consumer_group, bounds, runs, progress)
+        finally:
+            for store in stores:
+                with contextlib.suppress(Exception):
+                    await store.close()
+            if container is not None:
+                await container.close()
+        for pid, run in runs.items():
+            result.summary.merge(run.pipeline.summary)
+            result.partitions[pid] = run.messages
+        if plan_path:
+            for run in runs.values():
+                if run.plan is not None:
+                    run.plan.flush()
+            _concatenate(plan_path, [tmp / f"{b.partition_id}.jsonl" for b in bounds])
+    return result
+
+
+async def _delivery(
+    settings: Settings,
+    container: Any,
+    fqns: str,
+    hub: str,
+    consumer_group: str,
+    partition_id: str,
+    ruleset: RuleSet,
+    executors: Mapping[str, Executor],
+    limits: Limits,
+    dead_letter: Callable[..., Any],
+    result: BackfillPlan,
+    stores: list[Any],
+) -> Delivery:
+    ledger = None
+    if ruleset.action_types & LEDGER_TYPES:
+        from worker.connections import checkpoint_store
+
+        own_sdk = checkpoint_store(settings)
+        stores.append(own_sdk)
+        own = BlobPartitionStore(
+            container,
+            own_sdk,
+            fully_qualified_namespace=fqns,
+            eventhub_name=hub,
+            consumer_group=consumer_group,
+        )
+        live = BlobPartitionStore(
+            container,
+            own_sdk,
+            fully_qualified_namespace=fqns,
+            eventhub_name=hub,
+            consumer_group=settings.consumer_group,
+        )
+        ledger = Ledger(own, partition_id, settings.ledger_retention)
+        await ledger.load()
+        live_ledger = Ledger(live, partition_id, settings.ledger_retention)
+        await live_ledger.load()
+        ledger.done.update(live_ledger.done)  # read access: never written
+
+    def count(outcome: str, *_: Any) -> None:
+        if outcome == "done":
+            result.actions += 1
+        elif outcome == "skipped":
+            result.skipped += 1
+        else:
+            result.failures += 1
+
+    return Delivery(
+        partition_id,
+        executors,
+        limits,
+        environ=os.environ,
+        ledger=ledger,
+        dead_letter=dead_letter,
+        on_result=count,
+    )
+
+
+async def _receive_all(
+    settings: Settings,
+    consumer_group: str,
+    bounds: list[Bounds],
+    runs: Mapping[str, _PartitionRun],
+    progress: Callable[[dict[str, tuple[int, int]]], None] | None,
+) -> None:
+    from worker.connections import consumer_client
+
+    async def one(b: Bounds) -> None:
+        run = runs[b.partition_id]
+        if run.done.is_set():
+            return
+        client = consumer_client(settings, consumer_group=consumer_group)
+
+        async def on_batch(context: Any, events: list[Any]) -> None:
+            await run.handle(events)
+
+        async with client:
+            task = asyncio.ensure_future(
+                client.receive_batch(
+                    on_batch,
+                    partition_id=b.partition_id,
+                    starting_position=b.start,
+                    starting_position_inclusive=b.inclusive,
+                    max_batch_size=300,
+                    max_wait_time=1.0,
+                )
+            )
+            done = asyncio.ensure_future(run.done.wait())
+            await asyncio.wait({task, done}, return_when=asyncio.FIRST_COMPLETED)
+            await client.close()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            if not run.done.is_set():
+                raise SourceError(f"partition {b.partition_id}: receiving stopped early")
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(2)
+            state = {pid: (r.messages, -1) for pid, r in runs.items()}
+            if progress is not None:
+                progress(state)
+            else:
+                log.info("backfill_progress", messages={p: n for p, (n, _) in state.items()})
+
+    reporter = asyncio.ensure_future(report())
+    try:
+        await asyncio.gather(*(one(b) for b in bounds))
+    finally:
+        reporter.cancel()
+
+
+def _open_text(path: str | Path) -> IO[str]:
+    """Local plan and dead-letter files: small writes, fine on the event loop."""
+    return open(path, "w", encoding="utf-8")  # the caller's ExitStack closes it
+
+
+def _concatenate(path: str, parts: list[Path]) -> None:
+    """Partition plans one after the other, in partition order: a deterministic plan."""
+    target = open(path, "w", encoding="utf-8") if path != "-" else None  # noqa: SIM115
+    try:
+        out = target or sys.stdout
+        for part in parts:
+            if part.exists():
+                with open(part, encoding="utf-8") as handle:
+                    for line in handle:
+                        out.write(line)
+        out.flush()
+    finally:
+        if target is not None:
+            target.close()
+
+
+async def backfill_capture(
+    ruleset: RuleSet,
+    messages: AsyncIterator[tuple[bytes, Origin]],
+    plan_path: str,
+    dead_letters: IO[str],
+) -> Summary:
+    """Capture files, dry run: one pipeline per partition, plans in partition order."""
+    pipelines: dict[str, PartitionPipeline] = {}
+    summary = Summary()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as files:
+        plans: dict[str, IO[str]] = {}
+
+        def take(pid: str, step: Step) -> None:
+            for rejection in step.rejections:
+                dead_letters.write(_json_line(dead_letter_for_rejection(rejection)))
+            for decision in step.decisions:
+                for action in decision.actions:
+                    plans[pid].write(_json_line(action.plan_line()))
+                for failure in decision.failures:
+                    dead_letters.write(_json_line(failure.dead_letter()))
+
+        async for body, origin in messages:
+            pid = origin.partition_id
+            if pid not in pipelines:
+                pipelines[pid] = PartitionPipeline(ruleset)
+                plans[pid] = files.enter_context(_open_text(Path(tmp) / f"{pid}.jsonl"))
+            take(pid, pipelines[pid].feed(body, origin))
+        for pid, pipeline in pipelines.items():
+            take(pid, pipeline.finish())
+            summary.merge(pipeline.summary)
+            plans[pid].flush()
+        order = sorted(plans, key=lambda p: (len(p), p))
+        _concatenate(plan_path, [Path(tmp) / f"{pid}.jsonl" for pid in order])
+    return summary
