@@ -113,7 +113,8 @@ def test_real_backfill_does_not_repeat_what_the_live_ledger_recorded(tmp_path, d
         assert len(mail.messages) == 30
         env.send(stream(tmp_path / "more.jsonl", 10, start=30))
         summary = tmp_path / "sum.json"
-        result = replay(env, rules, "--summary-json", str(summary))
+        dead = str(tmp_path / "dead.jsonl")
+        result = replay(env, rules, "--summary-json", str(summary), "--dead-letter", dead)
         assert result.returncode == 0, result.stderr[-2000:]
         counts = json.loads(summary.read_text())
         assert counts["actions_skipped_by_ledger"] == 30  # the live worker sent these
