@@ -219,3 +219,13 @@ def dev_hub(tmp_path) -> Iterator[DevHubProcess]:
     hub.start()
     yield hub
     hub.stop()
+
+
+@pytest.fixture
+def env(tmp_path, dev_hub, azurite) -> Iterator[Any]:
+    """Worker processes on one hub and one container; none outlives the test."""
+    from tests.workers import Env
+
+    environment = Env(tmp_path, dev_hub, azurite)
+    yield environment
+    environment.close()

@@ -11,8 +11,8 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from tests.conftest import TOPIC, free_port
-from tests.test_run import Env, rules_file, stream
 from tests.test_run_actions import MailPeer
+from tests.workers import Env, rules_file, stream
 from worker.plan import idempotency_key
 
 
@@ -32,10 +32,7 @@ def plan_of(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_dry_run_backfill_beside_a_live_worker_leaves_its_checkpoints_alone(
-    tmp_path, dev_hub, azurite
-):
-    env = Env(tmp_path, dev_hub, azurite)
+def test_dry_run_backfill_beside_a_live_worker_leaves_its_checkpoints_alone(tmp_path, env):
     env.send(stream(tmp_path / "s.jsonl", 120, poison=1))
     rules = rules_file(tmp_path)
     live = env.start(rules, "--stop-when-idle", "2")
@@ -63,8 +60,7 @@ def test_dry_run_backfill_beside_a_live_worker_leaves_its_checkpoints_alone(
     assert rest.read_text() == ""
 
 
-def test_until_partitions_and_only_rule(tmp_path, dev_hub, azurite):
-    env = Env(tmp_path, dev_hub, azurite)
+def test_until_partitions_and_only_rule(tmp_path, env):
     env.send(stream(tmp_path / "s.jsonl", 80))
     rules = tmp_path / "two.yaml"
     rules.write_text(
@@ -82,18 +78,16 @@ def test_until_partitions_and_only_rule(tmp_path, dev_hub, azurite):
     assert {line["source"]["partition_id"] for line in lines} == {"1"}
 
 
-def test_the_live_group_is_refused_unless_forced(tmp_path, dev_hub, azurite):
-    env = Env(tmp_path, dev_hub, azurite)
+def test_the_live_group_is_refused_unless_forced(tmp_path, env):
     result = replay(env, rules_file(tmp_path), "--dry-run", "--consumer-group", "$Default")
     assert result.returncode == 2 and "live worker's group" in result.stderr
 
 
-def test_real_backfill_does_not_repeat_what_the_live_ledger_recorded(tmp_path, dev_hub, azurite):
+def test_real_backfill_does_not_repeat_what_the_live_ledger_recorded(tmp_path, env):
     mail = MailPeer()
     smtp = Controller(mail, hostname="127.0.0.1", port=free_port())
     smtp.start()
     try:
-        env = Env(tmp_path, dev_hub, azurite)
         env.env.update(
             {
                 "AML_WORKER_SMTP_HOST": "127.0.0.1",

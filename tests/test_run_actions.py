@@ -29,7 +29,7 @@ from aiosmtpd.controller import Controller
 from azure.eventhub.aio import EventHubConsumerClient
 
 from tests.conftest import TOPIC, DevHubProcess, eg, free_port
-from tests.test_run import Env
+from tests.workers import Env
 from worker.plan import idempotency_key
 
 N = 200
@@ -117,8 +117,15 @@ def hub(tmp_path):
     server.stop()
 
 
-def test_sigkill_with_every_network_action_loses_nothing(tmp_path, hub, azurite):
-    env = Env(tmp_path, hub, azurite)
+@pytest.fixture
+def forward_env(tmp_path, hub, azurite):
+    environment = Env(tmp_path, hub, azurite)
+    yield environment
+    environment.close()
+
+
+def test_sigkill_with_every_network_action_loses_nothing(tmp_path, hub, forward_env):
+    env = forward_env
     mail = MailPeer()
     smtp = Controller(mail, hostname="127.0.0.1", port=free_port())
     smtp.start()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from worker.events import Origin
 from worker.pipeline import PartitionPipeline, Step, Summary
 from worker.positions import Position, PositionKind, StartPositions
 from worker.replay import _json_line, dead_letter_for_rejection
+from worker.rewind import read_snapshot
 from worker.rules import RuleSet
 from worker.settings import Settings
 
@@ -80,18 +80,6 @@ class BackfillPlan:
     actions: int = 0
     skipped: int = 0
     failures: int = 0
-
-
-def parse_snapshot(path: str) -> dict[str, tuple[int, str]]:
-    """`checkpoints export` output: {"partitions": {"0": {"sequence_number", "offset"}}}."""
-    try:
-        document = json.loads(Path(path).read_text())
-        return {
-            str(pid): (int(mark["sequence_number"]), str(mark["offset"]))
-            for pid, mark in document["partitions"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read checkpoint snapshot {path}: {exc}") from None
 
 
 async def resolve_bounds(
@@ -239,7 +227,9 @@ async def backfill_eventhub(
         if from_checkpoint or not plan_path:
             container = blob_container(settings)
         if snapshot:
-            checkpoints = parse_snapshot(snapshot)
+            checkpoints = {
+                pid: (m.sequence_number, m.offset) for pid, m in read_snapshot(snapshot).items()
+            }
         elif from_checkpoint:
             assert container is not None
             live = BlobPartitionStore(

@@ -152,6 +152,27 @@ def _parser() -> argparse.ArgumentParser:
         help="application property on every message (repeatable), e.g. aeg-delivery-count=0",
     )
 
+    checkpoints = commands.add_parser("checkpoints", help="inspect, snapshot and move checkpoints")
+    cp_commands = checkpoints.add_subparsers(dest="checkpoints_command", metavar="COMMAND")
+    cp_commands.required = True
+    cp_list = cp_commands.add_parser("list", help="checkpoints, owners and lag per partition")
+    cp_export = cp_commands.add_parser("export", help="snapshot the checkpoints to a JSON file")
+    cp_export.add_argument("file", metavar="FILE")
+    cp_set = cp_commands.add_parser(
+        "set",
+        help="move the checkpoints (rewind for a backfill)",
+        description="Move a consumer group's checkpoints to a position or a snapshot. Resets "
+        "the group's dedupe/order state for those partitions and keeps its ledger.",
+    )
+    cp_set.add_argument("--from", dest="target", required=True, metavar="POSITION|file:SNAPSHOT")
+    cp_set.add_argument("--partitions", metavar="IDS", help="only these partitions, e.g. 0,2")
+    cp_set.add_argument(
+        "--force", action="store_true", help="even while a live worker owns the partition"
+    )
+    for sub in (cp_list, cp_export, cp_set):
+        sub.add_argument("--consumer-group", metavar="NAME")
+    cp_list.add_argument("--json", action="store_true", help="machine-readable output")
+
     dead = commands.add_parser("deadletter", help="look at dead-lettered events and actions")
     dead_commands = dead.add_subparsers(dest="deadletter_command", metavar="COMMAND", required=True)
     dead_list = dead_commands.add_parser(
@@ -198,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "send": _send,
         "deadletter": _deadletter,
+        "checkpoints": _checkpoints,
     }
     try:
         return handler[args.command](args)
@@ -521,3 +543,75 @@ async def _list_dead_letters(settings: Any) -> list[dict[str, Any]]:
             return await store.list_dead_letters()
         finally:
             await client.close()
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from worker.settings import load_settings
+
+    settings = load_settings(consumer_group=args.consumer_group)
+    return asyncio.run(_checkpoints_async(args, settings))
+
+
+async def _checkpoints_async(args: argparse.Namespace, settings: Any) -> int:
+    from worker import rewind
+    from worker.checkpoints import BlobPartitionStore
+    from worker.connections import blob_container, checkpoint_store, consumer_client
+
+    def make_client() -> Any:
+        return consumer_client(settings, consumer_group=settings.consumer_group)
+
+    client = make_client()
+    container = blob_container(settings)
+    sdk_store = checkpoint_store(settings)
+    async with client, container, sdk_store:
+        store = BlobPartitionStore(
+            container,
+            sdk_store,
+            fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
+            eventhub_name=client.eventhub_name,
+            consumer_group=settings.consumer_group,
+        )
+        rows = await rewind.list_checkpoints(store, client, settings.ownership_expiry)
+        if args.checkpoints_command == "list":
+            if args.json:
+                json.dump([r.as_dict() for r in rows], sys.stdout, indent=2)
+                sys.stdout.write("\n")
+            else:
+                sys.stdout.write(rewind.render_table(rows))
+            return 0
+        if args.checkpoints_command == "export":
+            document = rewind.snapshot_document(store, rows)
+            with _open_out(args.file) as handle:
+                json.dump(document, handle, indent=2)
+                handle.write("\n")
+            print(f"exported {len(document['partitions'])} checkpoints to {args.file}")
+            return 0
+        wanted = {p.strip() for p in args.partitions.split(",")} if args.partitions else None
+        chosen = [r for r in rows if wanted is None or r.partition_id in wanted]
+        busy = [r.partition_id for r in chosen if r.owner_active]
+        if busy and not args.force:
+            raise _Fail(
+                f"partition(s) {', '.join(busy)} are owned by a running worker; stop it "
+                "(or pass --force: it would overwrite the moved checkpoint on its next save)",
+                1,
+            )
+        ids = [r.partition_id for r in chosen]
+        if args.target.startswith("file:"):
+            snapshot = rewind.read_snapshot(args.target[len("file:") :])
+            marks = {pid: snapshot[pid] for pid in ids if pid in snapshot}
+        else:
+            target = _positions(args.target, "--from")
+            marks = await rewind.resolve_marks(client, make_client, ids, target)
+        print("partition  before -> after (sequence number / offset)")
+        for row in chosen:
+            mark = marks.get(row.partition_id)
+            if mark is None:
+                continue
+            before = f"{row.mark.sequence_number}/{row.mark.offset}" if row.mark else "none"
+            await store.update_checkpoint(row.partition_id, mark)
+            await store.reset_state(row.partition_id)
+            print(f"{row.partition_id:<10} {before} -> {mark.sequence_number}/{mark.offset}")
+        print("dedupe/order state reset for these partitions; the ledger is kept")
+        return 0
