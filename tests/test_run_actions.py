@@ -42,6 +42,7 @@ class WebhookPeer:
     def __init__(self) -> None:
         self.port = free_port()
         self.requests: list[dict[str, Any]] = []
+        self.status = 202  # what it answers; a test may switch it
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -52,7 +53,7 @@ class WebhookPeer:
         async def receive(request: web.Request) -> web.Response:
             body = await request.read()
             self.requests.append({"headers": dict(request.headers), "body": body})
-            return web.Response(status=202)
+            return web.Response(status=self.status)
 
         app = web.Application()
         app.router.add_post("/hook", receive)

@@ -264,6 +264,16 @@ class BlobPartitionStore:
             raise CheckpointError(f"cannot write dead letter {blob_name}: {exc}") from exc
         return blob_name
 
+    async def update_dead_letter(self, blob_name: str, record: Mapping[str, Any]) -> None:
+        """Rewrite one dead letter in place (re-driven entries are marked, never deleted)."""
+        body = json.dumps(
+            {k: v for k, v in record.items() if k != "blob"}, ensure_ascii=False, default=str
+        ).encode("utf-8")
+        try:
+            await self.container.upload_blob(blob_name, body, overwrite=True)
+        except AzureError as exc:
+            raise CheckpointError(f"cannot write dead letter {blob_name}: {exc}") from exc
+
     async def list_dead_letters(self) -> list[dict[str, Any]]:
         records = []
         prefix = f"{self.prefix}/deadletter/"

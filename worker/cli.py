@@ -187,6 +187,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     dead_list.add_argument("--rule", metavar="NAME", help="only those of this rule")
     dead_list.add_argument("--json", action="store_true", help="machine-readable output")
+    dead_replay = dead_commands.add_parser(
+        "replay",
+        help="re-drive dead-lettered actions with their original idempotency keys",
+        description="Plan each failed action again from its stored event with the current rules "
+        "and run it; successes are marked re-driven (not deleted).",
+    )
+    dead_replay.add_argument(
+        "--rules", metavar="FILE", help="rules file (default $AML_WORKER_RULES)"
+    )
+    dead_replay.add_argument("--consumer-group", metavar="NAME")
+    dead_replay.add_argument("--rule", metavar="NAME", help="only those of this rule")
+    dead_replay.add_argument("--since", metavar="TIME", help="only those dead-lettered since")
+    dead_replay.add_argument("--dry-run", action="store_true", help="say what would be re-driven")
 
     devhub = commands.add_parser(
         "dev-hub",
@@ -519,10 +532,47 @@ def _deadletter(args: argparse.Namespace) -> int:
             since = parse_time(args.since)[0]
         except ValueError as exc:
             raise _Fail(f"--since: {exc}", 2) from None
+    if args.deadletter_command == "replay":
+        ruleset = _load(args.rules, secrets="ignore" if args.dry_run else "require")
+        counts = asyncio.run(_redrive(settings, ruleset, since, args.rule, args.dry_run))
+        print(" ".join(f"{k}={v}" for k, v in counts.items()))
+        return 0
     records = asyncio.run(_list_dead_letters(settings))
     records = filter_dead_letters(records, since=since, rule=args.rule)
     sys.stdout.write(to_json(records) if args.json else render_table(records))
     return 0
+
+
+async def _redrive(
+    settings: Any, ruleset: Any, since: Any, rule: str | None, dry_run: bool
+) -> dict[str, int]:
+    from worker.actions import available_executors
+    from worker.checkpoints import BlobPartitionStore
+    from worker.connections import blob_container, consumer_client
+    from worker.deadletters import filter_dead_letters, redrive
+
+    client = consumer_client(settings, consumer_group=settings.consumer_group)
+    container = blob_container(settings)
+    executors = available_executors(settings)
+    try:
+        async with container:
+            store = BlobPartitionStore(
+                container,
+                None,
+                fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
+                eventhub_name=client.eventhub_name,
+                consumer_group=settings.consumer_group,
+            )
+            records = filter_dead_letters(await store.list_dead_letters(), since=since, rule=rule)
+            return await redrive(
+                store, records, ruleset, executors,
+                settings=settings, environ=os.environ, dry_run=dry_run,
+            )  # fmt: skip
+    finally:
+        await client.close()
+        for executor in executors.values():
+            with contextlib.suppress(Exception):
+                await executor.aclose()
 
 
 async def _list_dead_letters(settings: Any) -> list[dict[str, Any]]:

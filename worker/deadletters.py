@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["filter_dead_letters", "render_table"]
+__all__ = ["filter_dead_letters", "redrive", "render_table", "to_json"]
 
 
 def filter_dead_letters(
@@ -26,7 +26,9 @@ def filter_dead_letters(
 def render_table(records: list[dict[str, Any]]) -> str:
     if not records:
         return "no dead letters\n"
-    header = ("when", "partition", "seq", "kind", "rule", "action", "event id", "reason")
+    header = (
+        "when", "partition", "seq", "kind", "rule", "action", "event id", "status", "reason",
+    )  # fmt: skip
     rows = [header]
     for r in records:
         source = r.get("source") or {}
@@ -42,6 +44,7 @@ def render_table(records: list[dict[str, Any]]) -> str:
                 str(r.get("rule") or "-"),
                 str(r.get("action") or "-"),
                 str(r.get("event_id") or "-"),
+                "redriven" if r.get("redriven_at") else "open",
                 reason if len(reason) <= 80 else reason[:77] + "...",
             )
         )
@@ -52,3 +55,92 @@ def render_table(records: list[dict[str, Any]]) -> str:
 
 def to_json(records: list[dict[str, Any]]) -> str:
     return json.dumps(records, indent=2, ensure_ascii=False, default=str) + "\n"
+
+
+async def redrive(
+    store: Any,
+    records: list[dict[str, Any]],
+    ruleset: Any,
+    executors: Any,
+    *,
+    settings: Any,
+    environ: Any,
+    dry_run: bool,
+    say: Any = print,
+) -> dict[str, int]:
+    """Re-drive failed actions with their original idempotency keys (DESIGN §5).
+
+    The action is planned again from the stored event with the current rules (so a fixed
+    template or a restored secret takes effect); a rule or action that no longer exists, or
+    whose key would differ, is reported and left alone. Ledger-protected actions consult the
+    partition's ledger first. Successes are marked `redriven_at` in place.
+    """
+    import time
+
+    from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
+    from worker.events import Origin, restore_event
+    from worker.plan import PlannedAction, plan_rule
+
+    counts = {"redriven": 0, "failed": 0, "skipped": 0, "not_redrivable": 0}
+    limits = Limits.create(settings.max_inflight)
+    ledgers: dict[str, Ledger] = {}
+    for record in records:
+        if record.get("kind") != "action_failed" or record.get("redriven_at"):
+            counts["not_redrivable"] += 1
+            continue
+        rule = next((r for r in ruleset.rules if r.name == record.get("rule")), None)
+        source = record.get("source") or {}
+        raw = record.get("event") or {}
+        try:
+            origin = Origin.from_dict(source)
+            event = restore_event(raw, origin, _ticks(raw))
+        except (ValueError, KeyError, TypeError) as exc:
+            say(f"{record['blob']}: cannot rebuild the event ({exc})")
+            counts["not_redrivable"] += 1
+            continue
+        planned = None
+        if rule is not None:
+            for item in plan_rule(rule, event):
+                if isinstance(item, PlannedAction) and item.key == record.get("idempotency_key"):
+                    planned = item
+        if planned is None:
+            say(
+                f"{record['blob']}: rule/action no longer gives key {record.get('idempotency_key')}"
+            )
+            counts["not_redrivable"] += 1
+            continue
+        if dry_run:
+            say(f"would re-drive {planned.action.type} of rule {planned.rule} for {event.id}")
+            counts["redriven"] += 1
+            continue
+        pid = origin.partition_id
+        ledger = None
+        if planned.action.type in LEDGER_TYPES:
+            if pid not in ledgers:
+                ledgers[pid] = Ledger(store, pid, settings.ledger_retention)
+                await ledgers[pid].load()
+            ledger = ledgers[pid]
+
+        async def dead_letter(
+            name: str, failed: dict[str, Any], blob: str = record["blob"]
+        ) -> None:
+            await store.update_dead_letter(blob, {**failed, "redrive_failed_at": time.time()})
+
+        delivery = Delivery(
+            pid, executors, limits, environ=environ, ledger=ledger, dead_letter=dead_letter
+        )
+        result = await delivery.run_one(planned)
+        if result == "dead_lettered":
+            counts["failed"] += 1
+            continue
+        counts["redriven" if result == "done" else "skipped"] += 1
+        await store.update_dead_letter(
+            record["blob"], {**record, "redriven_at": time.time(), "redrive_result": result}
+        )
+    return counts
+
+
+def _ticks(raw: dict[str, Any]) -> int:
+    from worker.events import parse_time
+
+    return parse_time(raw.get("eventTime") or raw.get("time"))[1]

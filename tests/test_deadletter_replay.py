@@ -1,0 +1,59 @@
+"""`deadletter replay`: failed actions re-driven with their original keys, then marked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import TOPIC
+from tests.test_run_actions import WebhookPeer
+from tests.workers import Env, stream
+from worker.plan import idempotency_key
+
+
+def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "deadletter", *args],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_failed_webhooks_are_redriven_once_with_their_keys(tmp_path, env):
+    with WebhookPeer() as peer:
+        peer.status = 400  # a permanent refusal: dead-lettered at once
+        env.env["HOOK_URL"] = f"http://127.0.0.1:{peer.port}/hook"
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(
+            f"version: 1\ntopics: ['{TOPIC}']\nordering: {{grace: 0s}}\nrules:\n"
+            "  - name: hook\n    actions: [{type: webhook, id: h, url: '${HOOK_URL}'}]\n"
+        )
+        env.send(stream(tmp_path / "s.jsonl", 12))
+        worker = env.start(rules, "--stop-when-idle", "2")
+        assert worker.wait() == 0
+        assert worker.summary()["action_failures"] == 12
+        listed = json.loads(cli(env, "list", "--json", "--rule", "hook").stdout)
+        assert len(listed) == 12 and {r["kind"] for r in listed} == {"action_failed"}
+        assert all("400" in r["reason"] and r["attempts"] == 1 for r in listed)
+
+        peer.status = 202
+        peer.requests.clear()
+        env.env["AML_WORKER_RULES"] = str(rules)
+        dry = cli(env, "replay", "--dry-run")
+        assert dry.returncode == 0 and "redriven=12" in dry.stdout and peer.requests == []
+        done = cli(env, "replay")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "redriven=12" in done.stdout
+        expected = {idempotency_key(TOPIC, f"ev-{i}", "hook", "h") for i in range(12)}
+        assert set(peer.keys()) == expected and sum(peer.keys().values()) == 12
+        listed = json.loads(cli(env, "list", "--json").stdout)
+        assert len(listed) == 12 and all(r["redriven_at"] for r in listed)  # marked, kept
+        again = cli(env, "replay")
+        assert "redriven=0" in again.stdout and "not_redrivable=12" in again.stdout
+        assert sum(peer.keys().values()) == 12
+        table = cli(env, "list").stdout
+        assert "redriven" in table
