@@ -108,7 +108,9 @@ async def resolve_bounds(
             else:
                 begin, inclusive = position.sdk()
                 first = position.value if position.kind is PositionKind.SEQUENCE else 0
-        end = until.for_partition(pid) if until else Position(PositionKind.LATEST)
+        # Partitions a per-partition --until does not name have no end but their last event.
+        named = until is not None and (not until.partitions or pid in until.partitions)
+        end = until.for_partition(pid) if named and until else Position(PositionKind.LATEST)
         stop, until_time, until_offset = last, None, None
         if end.kind is PositionKind.SEQUENCE:
             stop = min(last, int(end.value))
