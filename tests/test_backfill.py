@@ -114,5 +114,12 @@ def test_real_backfill_does_not_repeat_what_the_live_ledger_recorded(tmp_path, e
         assert counts["actions_skipped_by_ledger"] == 30  # the live worker sent these
         assert counts["actions_dispatched"] == 10  # only the new ones
         assert len(mail.messages) == 40
+        shown = subprocess.run(
+            [sys.executable, "-m", "worker", "history", "--event-id", "ev-0", "--json"],
+            env=env.env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        (entry,) = json.loads(shown)["partitions"].values()
+        assert [(a["action"], a["rule"]) for a in entry["ledger"]] == [("email", "mail")]
+        assert entry["seen"] and entry["behind_checkpoint"]
     finally:
         smtp.stop()

@@ -23,6 +23,16 @@ def cli(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def history_of(env: Env, event_id: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "history", "--event-id", event_id, "--json"],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
 def test_failed_webhooks_are_redriven_once_with_their_keys(tmp_path, env):
     with WebhookPeer() as peer:
         peer.status = 400  # a permanent refusal: dead-lettered at once
@@ -40,6 +50,11 @@ def test_failed_webhooks_are_redriven_once_with_their_keys(tmp_path, env):
         assert len(listed) == 12 and {r["kind"] for r in listed} == {"action_failed"}
         assert all("400" in r["reason"] and r["attempts"] == 1 for r in listed)
 
+        history = json.loads(history_of(env, "ev-3"))
+        ((pid, entry),) = history["partitions"].items()
+        assert entry["seen"] and entry["behind_checkpoint"]
+        assert entry["dead_letters"][0]["kind"] == "action_failed"
+        assert not entry["dead_letters"][0]["redriven"]
         peer.status = 202
         peer.requests.clear()
         env.env["AML_WORKER_RULES"] = str(rules)
@@ -57,3 +72,11 @@ def test_failed_webhooks_are_redriven_once_with_their_keys(tmp_path, env):
         assert sum(peer.keys().values()) == 12
         table = cli(env, "list").stdout
         assert "redriven" in table
+        assert json.loads(history_of(env, "ev-3"))["partitions"][pid]["dead_letters"][0]["redriven"]
+        text = subprocess.run(
+            [sys.executable, "-m", "worker", "history", "--event-id", "ev-3"],
+            env=env.env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "re-driven" in text and "before the checkpoint" in text
+        unknown = json.loads(history_of(env, "nope"))
+        assert unknown["known"] is False

@@ -152,6 +152,13 @@ def _parser() -> argparse.ArgumentParser:
         help="application property on every message (repeatable), e.g. aeg-delivery-count=0",
     )
 
+    history = commands.add_parser(
+        "history", help="what the worker did with one event (state, ledger, dead letters)"
+    )
+    history.add_argument("--event-id", required=True, metavar="ID")
+    history.add_argument("--consumer-group", metavar="NAME")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+
     checkpoints = commands.add_parser("checkpoints", help="inspect, snapshot and move checkpoints")
     cp_commands = checkpoints.add_subparsers(dest="checkpoints_command", metavar="COMMAND")
     cp_commands.required = True
@@ -233,6 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send": _send,
         "deadletter": _deadletter,
         "checkpoints": _checkpoints,
+        "history": _history,
     }
     try:
         return handler[args.command](args)
@@ -665,3 +673,37 @@ async def _checkpoints_async(args: argparse.Namespace, settings: Any) -> int:
             print(f"{row.partition_id:<10} {before} -> {mark.sequence_number}/{mark.offset}")
         print("dedupe/order state reset for these partitions; the ledger is kept")
         return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from worker.settings import load_settings
+
+    settings = load_settings(consumer_group=args.consumer_group)
+    return asyncio.run(_history_async(args, settings))
+
+
+async def _history_async(args: argparse.Namespace, settings: Any) -> int:
+    from worker.checkpoints import BlobPartitionStore
+    from worker.connections import blob_container, checkpoint_store, consumer_client
+    from worker.history import event_history, render_history
+
+    client = consumer_client(settings, consumer_group=settings.consumer_group)
+    container = blob_container(settings)
+    sdk_store = checkpoint_store(settings)
+    async with client, container, sdk_store:
+        store = BlobPartitionStore(
+            container,
+            sdk_store,
+            fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
+            eventhub_name=client.eventhub_name,
+            consumer_group=settings.consumer_group,
+        )
+        found = await event_history(store, await client.get_partition_ids(), args.event_id)
+    if args.json:
+        json.dump(found, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_history(found))
+    return 0

@@ -76,7 +76,11 @@ class Ledger:
     async def record(self, planned: PlannedAction) -> None:
         """Record a success. Concurrent successes share one commit (group commit): the
         window in which a crash can repeat an action is one blob write, not a queue."""
-        entry = [planned.key, time.time(), planned.action.type, planned.rule, planned.event.id]
+        event = planned.event
+        entry = [
+            planned.key, time.time(), planned.action.type, planned.rule, event.id,
+            event.sequence_number,
+        ]  # fmt: skip
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((entry, future))
         if self._writer is None or self._writer.done():

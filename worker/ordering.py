@@ -209,6 +209,10 @@ class Sequencer:
     def held_events(self) -> list[Event]:
         return [h.event for h in sorted(self._heap)]
 
+    def remembers(self, event_id: str) -> bool:
+        """Is this id (on any topic) in the dedupe memory? (`history`)"""
+        return any(i == event_id for _, i in self._seen)
+
     @property
     def remembered_ids(self) -> int:
         return len(self._seen)
