@@ -555,52 +555,28 @@ async def _redrive(
     settings: Any, ruleset: Any, since: Any, rule: str | None, dry_run: bool
 ) -> dict[str, int]:
     from worker.actions import available_executors
-    from worker.checkpoints import BlobPartitionStore
-    from worker.connections import blob_container, consumer_client
+    from worker.connections import partition_store
     from worker.deadletters import filter_dead_letters, redrive
 
-    client = consumer_client(settings, consumer_group=settings.consumer_group)
-    container = blob_container(settings)
     executors = available_executors(settings)
     try:
-        async with container:
-            store = BlobPartitionStore(
-                container,
-                None,
-                fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
-                eventhub_name=client.eventhub_name,
-                consumer_group=settings.consumer_group,
-            )
+        async with partition_store(settings, checkpoints=False) as (_, store):
             records = filter_dead_letters(await store.list_dead_letters(), since=since, rule=rule)
             return await redrive(
                 store, records, ruleset, executors,
                 settings=settings, environ=os.environ, dry_run=dry_run,
             )  # fmt: skip
     finally:
-        await client.close()
         for executor in executors.values():
             with contextlib.suppress(Exception):
                 await executor.aclose()
 
 
 async def _list_dead_letters(settings: Any) -> list[dict[str, Any]]:
-    from worker.checkpoints import BlobPartitionStore
-    from worker.connections import blob_container, consumer_client
+    from worker.connections import partition_store
 
-    client = consumer_client(settings, consumer_group=settings.consumer_group)
-    container = blob_container(settings)
-    async with container:
-        store = BlobPartitionStore(
-            container,
-            None,
-            fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
-            eventhub_name=client.eventhub_name,
-            consumer_group=settings.consumer_group,
-        )
-        try:
-            return await store.list_dead_letters()
-        finally:
-            await client.close()
+    async with partition_store(settings, checkpoints=False) as (_, store):
+        return await store.list_dead_letters()
 
 
 def _checkpoints(args: argparse.Namespace) -> int:
@@ -614,23 +590,12 @@ def _checkpoints(args: argparse.Namespace) -> int:
 
 async def _checkpoints_async(args: argparse.Namespace, settings: Any) -> int:
     from worker import rewind
-    from worker.checkpoints import BlobPartitionStore
-    from worker.connections import blob_container, checkpoint_store, consumer_client
+    from worker.connections import consumer_client, partition_store
 
     def make_client() -> Any:
         return consumer_client(settings, consumer_group=settings.consumer_group)
 
-    client = make_client()
-    container = blob_container(settings)
-    sdk_store = checkpoint_store(settings)
-    async with client, container, sdk_store:
-        store = BlobPartitionStore(
-            container,
-            sdk_store,
-            fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
-            eventhub_name=client.eventhub_name,
-            consumer_group=settings.consumer_group,
-        )
+    async with partition_store(settings) as (client, store):
         rows = await rewind.list_checkpoints(store, client, settings.ownership_expiry)
         if args.checkpoints_command == "list":
             if args.json:
@@ -685,21 +650,10 @@ def _history(args: argparse.Namespace) -> int:
 
 
 async def _history_async(args: argparse.Namespace, settings: Any) -> int:
-    from worker.checkpoints import BlobPartitionStore
-    from worker.connections import blob_container, checkpoint_store, consumer_client
+    from worker.connections import partition_store
     from worker.history import event_history, render_history
 
-    client = consumer_client(settings, consumer_group=settings.consumer_group)
-    container = blob_container(settings)
-    sdk_store = checkpoint_store(settings)
-    async with client, container, sdk_store:
-        store = BlobPartitionStore(
-            container,
-            sdk_store,
-            fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
-            eventhub_name=client.eventhub_name,
-            consumer_group=settings.consumer_group,
-        )
+    async with partition_store(settings) as (client, store):
         found = await event_history(store, await client.get_partition_ids(), args.event_id)
     if args.json:
         json.dump(found, sys.stdout, indent=2, default=str)

@@ -6,14 +6,22 @@ Connection strings win over namespace/URL + DefaultAzureCredential. Errors are t
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlparse
 
 from worker.errors import ConfigError
 from worker.settings import Settings
 
-__all__ = ["blob_container", "checkpoint_store", "consumer_client", "producer_client"]
+__all__ = [
+    "blob_container",
+    "checkpoint_store",
+    "consumer_client",
+    "partition_store",
+    "producer_client",
+]
 
 
 def _transport_kwargs(settings: Settings) -> dict[str, Any]:
@@ -125,3 +133,31 @@ def checkpoint_store(settings: Settings) -> Any:
         return BlobCheckpointStore.from_connection_string(conn, container)
     assert settings.checkpoint_store_url
     return BlobCheckpointStore(settings.checkpoint_store_url, container, _credential())
+
+
+@contextlib.asynccontextmanager
+async def partition_store(
+    settings: Settings, *, checkpoints: bool = True
+) -> AsyncIterator[tuple[Any, Any]]:
+    """(consumer client, BlobPartitionStore) of the configured consumer group, for the tools
+    (`checkpoints`, `deadletter`, `history`); blob names follow the SDK's naming."""
+    from worker.checkpoints import BlobPartitionStore
+
+    client = consumer_client(settings, consumer_group=settings.consumer_group)
+    container = blob_container(settings)
+    sdk = checkpoint_store(settings) if checkpoints else None
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(client)
+        await stack.enter_async_context(container)
+        if sdk is not None:
+            await stack.enter_async_context(sdk)
+        yield (
+            client,
+            BlobPartitionStore(
+                container,
+                sdk,
+                fully_qualified_namespace=client._address.hostname,  # as the SDK names blobs
+                eventhub_name=client.eventhub_name,
+                consumer_group=settings.consumer_group,
+            ),
+        )
