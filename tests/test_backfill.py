@@ -123,3 +123,53 @@ def test_real_backfill_does_not_repeat_what_the_live_ledger_recorded(tmp_path, e
         assert entry["seen"] and entry["behind_checkpoint"]
     finally:
         smtp.stop()
+
+
+def test_a_killed_replay_resumes_from_its_own_progress(tmp_path, env):
+    """The replay's consumer group keeps its low watermark: --resume goes on from there,
+    losing nothing and repeating only what came after the last save."""
+    import signal
+    import time
+
+    env.send(stream(tmp_path / "s.jsonl", 2000))
+    rules = rules_file(tmp_path)
+    env.env["AML_WORKER_CHECKPOINT_INTERVAL"] = "0.2"
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    first = subprocess.Popen(
+        [sys.executable, "-m", "worker", "replay", "--rules", str(rules), "--source", "eventhub",
+         "--dead-letter", str(tmp_path / "d1.jsonl")],
+        env=env.env, stderr=log, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (tmp_path / "first.log").read_text().count('"action_log"') >= 500:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    log.close()
+    done = [
+        json.loads(line)
+        for line in (tmp_path / "first.log").read_text().splitlines()
+        if '"action_log"' in line
+    ]
+    assert 500 <= len(done) < 2000
+    group_marks = asyncio.run(_group_checkpoints(env, "aml-worker-replay"))
+    assert group_marks, "the replay saved no progress"
+    second = replay(env, rules, "--resume", "--dead-letter", str(tmp_path / "d2.jsonl"))
+    assert second.returncode == 0, second.stderr[-2000:]
+    again = [json.loads(line) for line in second.stderr.splitlines() if '"action_log"' in line]
+    keys = {line["idempotency_key"] for line in done} | {line["idempotency_key"] for line in again}
+    assert keys == {idempotency_key(TOPIC, f"ev-{i}", "all", "0") for i in range(2000)}
+    for line in again:
+        assert line["sequence_number"] > group_marks.get(line["partition_id"], -1)
+    assert len(again) < 2000  # it did not start over
+
+
+async def _group_checkpoints(env: Env, group: str) -> dict[str, int]:
+    from azure.eventhub.extensions.checkpointstoreblobaio import BlobCheckpointStore
+
+    store = BlobCheckpointStore.from_connection_string(env.azurite.connection_string, env.container)
+    async with store:
+        found = await store.list_checkpoints(f"127.0.0.1:{env.dev_hub.port}", "aml-events", group)
+    return {c["partition_id"]: int(c["sequence_number"]) for c in found}

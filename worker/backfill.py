@@ -17,7 +17,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from worker.replay import _json_line, dead_letter_for_rejection
 from worker.rewind import read_snapshot
 from worker.rules import RuleSet
 from worker.settings import Settings
+from worker.state import Mark, Progress
 
 __all__ = ["BackfillPlan", "Bounds", "backfill_eventhub", "resolve_bounds"]
 
@@ -136,6 +137,8 @@ class _PartitionRun:
         plan: IO[str] | None,
         delivery: Delivery | None,
         dead_letter: Callable[[str, dict[str, Any]], Any],
+        save: Callable[[str, Mark], Awaitable[None]] | None = None,
+        interval_s: float = 5.0,
     ) -> None:
         self.bounds = bounds
         self.pipeline = PartitionPipeline(ruleset)
@@ -145,8 +148,26 @@ class _PartitionRun:
         self.done = asyncio.Event()
         self.messages = 0
         self.started = time.monotonic()
+        # `--resume`: the replay group's checkpoint is the low watermark of finished
+        # messages (held and in-flight events hold it back), saved at most every interval.
+        self.progress = Progress()
+        self.save = save
+        self.interval_s = interval_s
+        self.saved: Mark | None = None
+        self.last_save = time.monotonic()
         if bounds.empty:
             self.done.set()
+
+    async def checkpoint(self, *, force: bool = False) -> None:
+        if self.save is None:
+            return
+        mark = self.progress.checkpoint()
+        if mark is None or mark == self.saved:
+            return
+        if not force and time.monotonic() - self.last_save < self.interval_s:
+            return
+        await self.save(self.bounds.partition_id, mark)
+        self.saved, self.last_save = mark, time.monotonic()
 
     async def handle(self, events: list[Any]) -> None:
         if self.done.is_set():
@@ -157,12 +178,16 @@ class _PartitionRun:
                 await self._finish()
                 return
             self.messages += 1
-            await self._apply(self.pipeline.feed(body, origin))
+            step = self.pipeline.feed(body, origin)
+            mark = Mark(int(event_data.sequence_number), str(event_data.offset))
+            self.progress.received(mark, step.decoded)
+            await self._apply(step)
             if self.bounds.finished_by(
                 event_data.sequence_number, str(event_data.offset), origin.enqueued_time
             ):
                 await self._finish()
                 return
+        await self.checkpoint()
 
     async def feed(self, body: bytes, origin: Origin) -> None:
         """Capture source: bodies come without the SDK."""
@@ -173,6 +198,7 @@ class _PartitionRun:
         await self._apply(self.pipeline.finish())
         if self.delivery is not None:
             await self.delivery.drain()
+        await self.checkpoint(force=True)
         self.done.set()
 
     async def _apply(self, step: Step) -> None:
@@ -181,20 +207,24 @@ class _PartitionRun:
             name = f"{rejection.origin.sequence_number}-{index}"
             await self.dead_letter(name, dead_letter_for_rejection(rejection))
         for decision in step.decisions:
+            seq = decision.event.sequence_number
             for failure in decision.failures:
-                await self.dead_letter(
-                    f"{decision.event.sequence_number}-{failure.key}", failure.dead_letter()
-                )
-            if not decision.actions:
+                await self.dead_letter(f"{seq}-{failure.key}", failure.dead_letter())
+            if decision.actions and self.delivery is not None and self.plan is None:
+                actions = list(decision.actions)
+
+                def finished(seq: int | None = seq) -> None:
+                    if seq is not None:
+                        self.progress.finished(seq)
+
+                self.delivery.submit(decision.event.object_key, actions, finished)
+                await self.delivery.wait_below(1000)
                 continue
             if self.plan is not None:
                 for action in decision.actions:
                     self.plan.write(_json_line(action.plan_line()))
-            elif self.delivery is not None:
-                self.delivery.submit(
-                    decision.event.object_key, list(decision.actions), lambda: None
-                )
-                await self.delivery.wait_below(1000)
+            if seq is not None:
+                self.progress.finished(seq)
 
 
 async def backfill_eventhub(
@@ -205,6 +235,7 @@ async def backfill_eventhub(
     start: StartPositions | None,
     from_checkpoint: bool,
     snapshot: str | None,
+    resume: bool = False,
     until: StartPositions | None,
     partitions: set[str] | None,
     plan_path: str | None,
@@ -226,9 +257,39 @@ async def backfill_eventhub(
         fqns, hub = probe._address.hostname, probe.eventhub_name  # as the SDK names blobs
         checkpoints = None
         container = None
-        if from_checkpoint or not plan_path:
+        if from_checkpoint or resume or not plan_path:
             container = blob_container(settings)
-        if snapshot:
+        if container is not None and not await container.exists():
+            if not settings.create_container:
+                raise ConfigError(
+                    f"blob container {container.url} does not exist; create it or set "
+                    "AML_WORKER_CREATE_CONTAINER=true"
+                )
+            with contextlib.suppress(Exception):
+                await container.create_container()
+        own = None
+        if not plan_path:
+            assert container is not None
+            own = BlobPartitionStore(
+                container,
+                checkpoint_store(settings),
+                fully_qualified_namespace=fqns,
+                eventhub_name=hub,
+                consumer_group=consumer_group,
+            )
+        if resume:
+            if own is None:
+                raise ConfigError("--resume continues a replay that runs actions (no --dry-run)")
+            checkpoints = {}
+            for pid in partition_ids:
+                mark = await own.get_checkpoint(pid)
+                if mark is not None:
+                    checkpoints[pid] = (mark.sequence_number, mark.offset)
+            if not checkpoints:
+                raise ConfigError(
+                    f"--resume: consumer group {consumer_group!r} has no replay progress yet"
+                )
+        elif snapshot:
             checkpoints = {
                 pid: (m.sequence_number, m.offset) for pid, m in read_snapshot(snapshot).items()
             }
@@ -279,7 +340,13 @@ async def backfill_eventhub(
                     ruleset, executors, limits, dead_letter, result, stores,
                 )  # fmt: skip
             runs[b.partition_id] = _PartitionRun(
-                b, ruleset, plan=plan_file, delivery=delivery, dead_letter=dead_letter
+                b,
+                ruleset,
+                plan=plan_file,
+                delivery=delivery,
+                dead_letter=dead_letter,
+                save=own.update_checkpoint if own is not None else None,
+                interval_s=settings.checkpoint_interval,
             )
         try:
             await _receive_all(settings, consumer_group, bounds, runs, progress)
@@ -287,6 +354,9 @@ async def backfill_eventhub(
             for store in stores:
                 with contextlib.suppress(Exception):
                     await store.close()
+            if own is not None:
+                with contextlib.suppress(Exception):
+                    await own.checkpoint_store.close()
             if container is not None:
                 await container.close()
         for pid, run in runs.items():

@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="allow --consumer-group to be the live group"
     )
     replay.add_argument("--only-rule", metavar="NAME", help="replay through this rule only")
+    replay.add_argument(
+        "--resume",
+        action="store_true",
+        help="eventhub: continue a stopped replay from its consumer group's progress",
+    )
     replay.add_argument("--dry-run", action="store_true", help="write the plan, run nothing")
     replay.add_argument(
         "--output", default="-", metavar="PLAN", help="plan file (JSON lines); - for stdout"
@@ -441,6 +446,7 @@ def _replay_eventhub(args: argparse.Namespace, ruleset: Any, dead_letter: str) -
             start=positions,
             from_checkpoint=from_checkpoint,
             snapshot=snapshot,
+            resume=args.resume,
             until=_positions(args.until, "--until"),
             partitions=partitions,
             plan_path=args.output if args.dry_run else None,
