@@ -327,3 +327,17 @@ def test_console_script_and_module_entry_points(tmp_path):
 def test_unsupported_source_is_a_usage_error(bad_source, capsys):
     code = main(["replay", "--rules", str(EXAMPLES / "demo.rules.yaml"), "--source", bad_source])
     assert code == 2 and "unsupported --source" in capsys.readouterr().err
+
+
+def test_export_filters_through_the_cli(capsys):
+    """One subscription per rule, PartitionKey mapped to the subject, in each format."""
+    rules = str(EXAMPLES / "rules.yaml")
+    assert main(["export-filters", "--rules", rules]) == 0
+    out = capsys.readouterr().out
+    assert out.count("az eventgrid event-subscription create") == 6
+    assert out.count("--delivery-attribute-mapping PartitionKey dynamic subject") == 6
+    assert main(["export-filters", "--rules", rules, "--format", "arm"]) == 0
+    template = json.loads(capsys.readouterr().out)
+    assert len(template["resources"]) == 6
+    assert main(["export-filters", "--rules", rules, "--format", "bicep"]) == 0
+    assert "Microsoft.EventGrid/eventSubscriptions@" in capsys.readouterr().out

@@ -55,6 +55,14 @@ class Bounds:
     until_time: datetime | None = None  # stop before events enqueued after this
     until_offset: str | None = None
     empty: bool = False
+    first_sequence_number: int = 0
+
+    @property
+    def total(self) -> int:
+        """Messages in the slice (an estimate for time/offset ends)."""
+        return (
+            0 if self.empty else max(0, self.last_sequence_number - self.first_sequence_number + 1)
+        )
 
     def finished_by(self, sequence_number: int, offset: str, enqueued: datetime | None) -> bool:
         if sequence_number >= self.last_sequence_number:
@@ -108,7 +116,11 @@ async def resolve_bounds(
                 begin, inclusive, first = last, True, last
             else:
                 begin, inclusive = position.sdk()
-                first = position.value if position.kind is PositionKind.SEQUENCE else 0
+                first = (
+                    position.value
+                    if position.kind is PositionKind.SEQUENCE
+                    else int(props["beginning_sequence_number"])
+                )
         # Partitions a per-partition --until does not name have no end but their last event.
         named = until is not None and (not until.partitions or pid in until.partitions)
         end = until.for_partition(pid) if named and until else Position(PositionKind.LATEST)
@@ -122,7 +134,9 @@ async def resolve_bounds(
         elif end.kind is PositionKind.EARLIEST:
             stop = -1
         empty = bool(props.get("is_empty")) or last < 0 or stop < first
-        bounds.append(Bounds(pid, begin, inclusive, stop, until_time, until_offset, empty))
+        bounds.append(
+            Bounds(pid, begin, inclusive, stop, until_time, until_offset, empty, max(first, 0))
+        )
     return bounds
 
 
@@ -470,11 +484,24 @@ async def _receive_all(
     async def report() -> None:
         while True:
             await asyncio.sleep(2)
-            state = {pid: (r.messages, -1) for pid, r in runs.items()}
+            state = {pid: (r.messages, r.bounds.total) for pid, r in runs.items()}
             if progress is not None:
                 progress(state)
-            else:
-                log.info("backfill_progress", messages={p: n for p, (n, _) in state.items()})
+                continue
+            for pid, run in runs.items():
+                done, total = state[pid]
+                elapsed = max(time.monotonic() - run.started, 1e-6)
+                rate = done / elapsed
+                eta = (total - done) / rate if rate and total > done else 0.0
+                log.info(
+                    "backfill_progress",
+                    partition_id=pid,
+                    done=done,
+                    total=total,
+                    rate_per_s=round(rate, 1),
+                    eta_s=round(eta, 1),
+                    finished=run.done.is_set(),
+                )
 
     reporter = asyncio.ensure_future(report())
     try:

@@ -157,6 +157,24 @@ def _parser() -> argparse.ArgumentParser:
         help="application property on every message (repeatable), e.g. aeg-delivery-count=0",
     )
 
+    export = commands.add_parser(
+        "export-filters",
+        help="print the Event Grid subscriptions equivalent to the rules (az, ARM or Bicep)",
+        description="One subscription per rule, filtering on the server side what the rule "
+        "matches, with the PartitionKey delivery property mapped to the subject.",
+    )
+    export.add_argument("--rules", metavar="FILE", help="rules file (default $AML_WORKER_RULES)")
+    export.add_argument("--format", choices=("az", "arm", "bicep"), default="az")
+    export.add_argument(
+        "--source-resource-id", metavar="ID", help="the workspace (default: the rules' topics)"
+    )
+    export.add_argument(
+        "--eventhub-resource-id", metavar="ID", help="the destination hub's ARM resource id"
+    )
+    export.add_argument(
+        "--schema", choices=("eventgridschema", "cloudeventschemav1_0"), default="eventgridschema"
+    )
+
     history = commands.add_parser(
         "history", help="what the worker did with one event (state, ledger, dead letters)"
     )
@@ -246,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deadletter": _deadletter,
         "checkpoints": _checkpoints,
         "history": _history,
+        "export-filters": _export_filters,
     }
     try:
         return handler[args.command](args)
@@ -438,6 +457,7 @@ def _replay_eventhub(args: argparse.Namespace, ruleset: Any, dead_letter: str) -
     positions = None if (from_checkpoint or snapshot) else _positions(start, "--from")
     partitions = {p.strip() for p in args.partitions.split(",")} if args.partitions else None
     executors = None if args.dry_run else available_executors(settings)
+    bar = _progress_bar() if sys.stderr.isatty() else None
     result = asyncio.run(
         backfill_eventhub(
             settings,
@@ -452,8 +472,11 @@ def _replay_eventhub(args: argparse.Namespace, ruleset: Any, dead_letter: str) -
             plan_path=args.output if args.dry_run else None,
             dead_letter_path=dead_letter,
             executors=executors,
+            progress=bar.update if bar else None,
         )
     )
+    if bar:
+        bar.stop()
     counts = result.summary.as_dict()
     if not args.dry_run:
         counts.update(
@@ -666,4 +689,58 @@ async def _history_async(args: argparse.Namespace, settings: Any) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_history(found))
+    return 0
+
+
+class _progress_bar:
+    """A rich progress bar per partition (done / total, rate, ETA) on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("partition {task.fields[pid]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.progress.start()
+
+    def update(self, state: dict[str, tuple[int, int]]) -> None:
+        for pid, (done, total) in state.items():
+            if pid not in self.tasks:
+                self.tasks[pid] = self.progress.add_task("", total=total or None, pid=pid)
+            self.progress.update(self.tasks[pid], completed=done, total=total or None)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _export_filters(args: argparse.Namespace) -> int:
+    from worker.export import export_filters
+
+    ruleset = _load(args.rules, secrets="ignore")
+    try:
+        text = export_filters(
+            ruleset,
+            format=args.format,
+            source_resource_id=args.source_resource_id,
+            eventhub_resource_id=args.eventhub_resource_id,
+            schema=args.schema,
+        )
+    except ValueError as exc:
+        raise _Fail(str(exc)) from None
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
