@@ -27,13 +27,13 @@ import structlog
 
 from worker.actions import Executor
 from worker.checkpoints import BlobPartitionStore
-from worker.consumer import _origin_of
+from worker.consumer import origin_of
 from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
 from worker.errors import ConfigError, SourceError
 from worker.events import Origin
 from worker.pipeline import PartitionPipeline, Step, Summary
 from worker.positions import Position, PositionKind, StartPositions
-from worker.replay import _json_line, dead_letter_for_rejection
+from worker.replay import dead_letter_for_rejection, json_line
 from worker.rewind import read_snapshot
 from worker.rules import RuleSet
 from worker.settings import Settings
@@ -187,7 +187,7 @@ class _PartitionRun:
         if self.done.is_set():
             return
         for event_data in events:
-            origin, body = _origin_of(event_data, self.bounds.partition_id)
+            origin, body = origin_of(event_data, self.bounds.partition_id)
             if self.bounds.beyond(origin.enqueued_time):
                 await self._finish()
                 return
@@ -236,7 +236,7 @@ class _PartitionRun:
                 continue
             if self.plan is not None:
                 for action in decision.actions:
-                    self.plan.write(_json_line(action.plan_line()))
+                    self.plan.write(json_line(action.plan_line()))
             if seq is not None:
                 self.progress.finished(seq)
 
@@ -342,7 +342,7 @@ async def backfill_eventhub(
 
             async def dead_letter(name: str, record: dict[str, Any], pid: str = b.partition_id):
                 if dead_file is not None:
-                    dead_file.write(_json_line(record))
+                    dead_file.write(json_line(record))
                 else:
                     log.warning("backfill_dead_letter", partition_id=pid, name=name)
 
@@ -545,12 +545,12 @@ async def backfill_capture(
 
         def take(pid: str, step: Step) -> None:
             for rejection in step.rejections:
-                dead_letters.write(_json_line(dead_letter_for_rejection(rejection)))
+                dead_letters.write(json_line(dead_letter_for_rejection(rejection)))
             for decision in step.decisions:
                 for action in decision.actions:
-                    plans[pid].write(_json_line(action.plan_line()))
+                    plans[pid].write(json_line(action.plan_line()))
                 for failure in decision.failures:
-                    dead_letters.write(_json_line(failure.dead_letter()))
+                    dead_letters.write(json_line(failure.dead_letter()))
 
         async for body, origin in messages:
             pid = origin.partition_id

@@ -92,7 +92,7 @@ async def read_capture(
     `location` is a local folder (searched recursively for `*.avro`) or one file, or a blob
     container URL with an optional folder prefix and SAS query
     (`https://acct.blob.core.windows.net/container/ns/hub?sv=...`, Azurite's
-    `http://127.0.0.1:10000/devstoreaccount1/container/prefix`). Blob access: the SAS in the
+    path-style `http://HOST:PORT/devstoreaccount1/container/prefix`). Blob access: the SAS in the
     URL, else `connection_string` when it is for the URL's account (the checkpoint store's,
     as with Azurite), else `credential` (default: azure.identity's DefaultAzureCredential,
     created and closed here).
@@ -525,7 +525,7 @@ class _LocalStore(_Store):
 
 @dataclass(frozen=True, slots=True)
 class _BlobLocation:
-    account_url: str  # https://acct.blob.core.windows.net or http://127.0.0.1:N/devstoreaccount1
+    account_url: str  # https://acct.blob.core.windows.net or path-style http://HOST:N/account
     container: str
     prefix: str  # "" or a folder ending in "/"
     sas: str | None
@@ -564,7 +564,7 @@ def _parse_blob_url(url: str) -> _BlobLocation:
 
 
 def _path_style(host: str) -> bool:
-    if host == "localhost" or "." not in host:
+    if "." not in host:  # a single-label host: an emulator or a private endpoint
         return True
     try:
         ipaddress.ip_address(host)

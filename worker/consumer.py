@@ -276,7 +276,7 @@ class PartitionWorker:
                     # Finished by definition: the SDK re-reads a checkpointed event when the
                     # start position is inclusive, and hand-overs re-read up to it.
                     continue
-                origin, body = _origin_of(event_data, self.partition_id)
+                origin, body = origin_of(event_data, self.partition_id)
                 step = self.pipeline.feed(body, origin, now)
                 mark = Mark(int(event_data.sequence_number), str(event_data.offset))
                 self.progress.received(mark, step.decoded)
@@ -431,7 +431,8 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _origin_of(event_data: Any, partition_id: str) -> tuple[Origin, bytes]:
+def origin_of(event_data: Any, partition_id: str) -> tuple[Origin, bytes]:
+    """An SDK EventData as (Origin, body bytes): the one place that reads SDK events."""
     properties = event_data.properties or {}
     count = properties.get(b"aeg-delivery-count", properties.get("aeg-delivery-count"))
     if isinstance(count, bytes):

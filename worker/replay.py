@@ -17,12 +17,12 @@ from worker.events import Origin, Rejection
 from worker.pipeline import PartitionPipeline, Step, Summary
 from worker.rules import RuleSet
 
-__all__ = ["dead_letter_for_rejection", "dry_run"]
+__all__ = ["dead_letter_for_rejection", "dry_run", "json_line"]
 
 log = structlog.get_logger(__name__)
 
 
-def _json_line(obj: Any) -> str:
+def json_line(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
 
 
@@ -53,10 +53,10 @@ def dry_run(
     def write(step: Step) -> None:
         for rejection in step.rejections:
             log.warning("invalid_body", where=rejection.describe())
-            dead_letters.write(_json_line(dead_letter_for_rejection(rejection)))
+            dead_letters.write(json_line(dead_letter_for_rejection(rejection)))
         for decision in step.decisions:
             for action in decision.actions:
-                plan.write(_json_line(action.plan_line()))
+                plan.write(json_line(action.plan_line()))
             for failure in decision.failures:
                 log.warning(
                     "render_error",
@@ -65,7 +65,7 @@ def dry_run(
                     subject=failure.event.subject,
                     error=failure.error,
                 )
-                dead_letters.write(_json_line(failure.dead_letter()))
+                dead_letters.write(json_line(failure.dead_letter()))
 
     for body, origin in messages:
         write(pipeline.feed(body, origin))
