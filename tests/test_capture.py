@@ -552,3 +552,31 @@ def test_replay_source_capture_writes_the_plan_partition_by_partition(capture, t
     main(["replay", "--rules", str(rules), "--source", f"capture:{root}", "--dry-run",
           "--output", str(again)])  # fmt: skip
     assert again.read_bytes() == plan.read_bytes()
+
+
+def test_replay_from_capture_runs_actions_with_the_live_keys(capture, tmp_path, env):
+    """Without --dry-run the actions run, keyed as the live worker would key them."""
+    import subprocess
+    import sys
+
+    from tests.conftest import TOPIC
+    from tests.test_run_actions import WebhookPeer
+    from worker.plan import idempotency_key
+
+    root, written = capture
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        f"version: 1\ntopics: ['{TOPIC}']\nrules:\n"
+        "  - name: r\n    actions: [{type: webhook, id: h, url: '${HOOK_URL}'}]\n"
+    )
+    with WebhookPeer() as peer:
+        env.env["HOOK_URL"] = f"http://127.0.0.1:{peer.port}/hook"
+        result = subprocess.run(
+            [sys.executable, "-m", "worker", "replay", "--rules", str(rules),
+             "--source", f"capture:{root}", "--dead-letter", str(tmp_path / "dead.jsonl")],
+            env=env.env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        ids = [json.loads(w.body)["id"] for w in written if w.body]
+        assert set(peer.keys()) == {idempotency_key(TOPIC, i, "r", "h") for i in ids}
+        assert "actions_dispatched=" in result.stderr

@@ -189,7 +189,7 @@ class _PartitionRun:
         for event_data in events:
             origin, body = origin_of(event_data, self.bounds.partition_id)
             if self.bounds.beyond(origin.enqueued_time):
-                await self._finish()
+                await self.finish()
                 return
             self.messages += 1
             step = self.pipeline.feed(body, origin)
@@ -199,7 +199,7 @@ class _PartitionRun:
             if self.bounds.finished_by(
                 event_data.sequence_number, str(event_data.offset), origin.enqueued_time
             ):
-                await self._finish()
+                await self.finish()
                 return
         await self.checkpoint()
 
@@ -208,7 +208,7 @@ class _PartitionRun:
         self.messages += 1
         await self._apply(self.pipeline.feed(body, origin))
 
-    async def _finish(self) -> None:
+    async def finish(self) -> None:
         await self._apply(self.pipeline.finish())
         if self.delivery is not None:
             await self.delivery.drain()
@@ -532,36 +532,71 @@ def _concatenate(path: str, parts: list[Path]) -> None:
 
 
 async def backfill_capture(
+    settings: Settings,
     ruleset: RuleSet,
     messages: AsyncIterator[tuple[bytes, Origin]],
-    plan_path: str,
+    *,
+    plan_path: str | None,
     dead_letters: IO[str],
-) -> Summary:
-    """Capture files, dry run: one pipeline per partition, plans in partition order."""
-    pipelines: dict[str, PartitionPipeline] = {}
-    summary = Summary()
+    executors: Mapping[str, Executor] | None = None,
+    consumer_group: str | None = None,
+) -> BackfillPlan:
+    """Capture files through one pipeline per partition. `plan_path` = dry run (plans in
+    partition order); otherwise actions run with the live keys, ledger as for the hub."""
+    from worker.connections import blob_container, consumer_client
+
+    result = BackfillPlan()
+    runs: dict[str, _PartitionRun] = {}
+    stores: list[Any] = []
+    container = None
+    fqns = hub = ""
+    if plan_path is None:
+        assert executors is not None and consumer_group is not None
+        probe = consumer_client(settings, consumer_group=consumer_group)
+        fqns, hub = probe._address.hostname, probe.eventhub_name  # as the SDK names blobs
+        await probe.close()
+        container = blob_container(settings)
+    limits = Limits.create(settings.max_inflight)
+
+    async def dead_letter(name: str, record: dict[str, Any]) -> None:
+        dead_letters.write(json_line(record))
+
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as files:
-        plans: dict[str, IO[str]] = {}
-
-        def take(pid: str, step: Step) -> None:
-            for rejection in step.rejections:
-                dead_letters.write(json_line(dead_letter_for_rejection(rejection)))
-            for decision in step.decisions:
-                for action in decision.actions:
-                    plans[pid].write(json_line(action.plan_line()))
-                for failure in decision.failures:
-                    dead_letters.write(json_line(failure.dead_letter()))
-
-        async for body, origin in messages:
-            pid = origin.partition_id
-            if pid not in pipelines:
-                pipelines[pid] = PartitionPipeline(ruleset)
-                plans[pid] = files.enter_context(_open_text(Path(tmp) / f"{pid}.jsonl"))
-            take(pid, pipelines[pid].feed(body, origin))
-        for pid, pipeline in pipelines.items():
-            take(pid, pipeline.finish())
-            summary.merge(pipeline.summary)
-            plans[pid].flush()
-        order = sorted(plans, key=lambda p: (len(p), p))
-        _concatenate(plan_path, [Path(tmp) / f"{pid}.jsonl" for pid in order])
-    return summary
+        try:
+            async for body, origin in messages:
+                pid = origin.partition_id
+                if pid not in runs:
+                    plan_file = delivery = None
+                    if plan_path is not None:
+                        plan_file = files.enter_context(_open_text(Path(tmp) / f"{pid}.jsonl"))
+                    else:
+                        assert executors is not None and consumer_group is not None
+                        delivery = await _delivery(
+                            settings, container, fqns, hub, consumer_group, pid,
+                            ruleset, executors, limits, dead_letter, result, stores,
+                        )  # fmt: skip
+                    runs[pid] = _PartitionRun(
+                        Bounds(pid, None, False, -1),
+                        ruleset,
+                        plan=plan_file,
+                        delivery=delivery,
+                        dead_letter=dead_letter,
+                    )
+                await runs[pid].feed(body, origin)
+            for run in runs.values():
+                await run.finish()
+        finally:
+            for store in stores:
+                with contextlib.suppress(Exception):
+                    await store.close()
+            if container is not None:
+                await container.close()
+        for pid, run in runs.items():
+            result.summary.merge(run.pipeline.summary)
+            result.partitions[pid] = run.messages
+            if run.plan is not None:
+                run.plan.flush()
+        if plan_path is not None:
+            order = sorted(runs, key=lambda p: (len(p), p))
+            _concatenate(plan_path, [Path(tmp) / f"{pid}.jsonl" for pid in order])
+    return result

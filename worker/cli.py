@@ -416,12 +416,11 @@ def _positions(text: str | None, flag: str) -> Any:
 def _replay_capture(args: argparse.Namespace, ruleset: Any, location: str, dead: str) -> Any:
     import asyncio
 
+    from worker.actions import available_executors
     from worker.backfill import backfill_capture
     from worker.capture import read_capture
     from worker.settings import load_settings
 
-    if not args.dry_run:
-        raise _Fail("replay from Capture files runs with --dry-run only in this version", 2)
     settings = load_settings()
     conn = settings.checkpoint_store_connection_string
     partitions = set(args.partitions.split(",")) if args.partitions else None
@@ -432,8 +431,27 @@ def _replay_capture(args: argparse.Namespace, ruleset: Any, location: str, dead:
         until=_positions(args.until, "--until"),
         partitions=partitions,
     )
+    executors = None if args.dry_run else available_executors(settings)
     with _open_out(dead) as dead_file:
-        return asyncio.run(backfill_capture(ruleset, messages, args.output, dead_file))
+        result = asyncio.run(
+            backfill_capture(
+                settings,
+                ruleset,
+                messages,
+                plan_path=args.output if args.dry_run else None,
+                dead_letters=dead_file,
+                executors=executors,
+                consumer_group=args.consumer_group or settings.replay_consumer_group,
+            )
+        )
+    counts = result.summary.as_dict()
+    if not args.dry_run:
+        counts.update(
+            actions_dispatched=result.actions,
+            actions_skipped_by_ledger=result.skipped,
+            action_failures=result.failures,
+        )
+    return counts
 
 
 def _replay_eventhub(args: argparse.Namespace, ruleset: Any, dead_letter: str) -> Any:
