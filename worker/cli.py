@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "dev-hub":
         from worker.devhub.__main__ import main as dev_hub_main
 
-        return dev_hub_main(argv[1:])
+        return dev_hub_main(argv[1:], prog="aml-event-worker dev-hub")
     args = _parser().parse_args(argv)
     from worker import logs
 
