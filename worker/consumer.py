@@ -493,6 +493,7 @@ class Consumer:
         self._stop = asyncio.Event()
         self._last_event = time.monotonic()
         self._objects: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._failures: dict[str, int] = {}  # partition -> receive errors since it last worked
         self.split_objects = 0
 
     # --- shared bookkeeping --------------------------------------------------------------
@@ -533,6 +534,15 @@ class Consumer:
     # --- SDK callbacks ------------------------------------------------------------------
 
     async def _on_initialize(self, context: Any) -> None:
+        # The SDK retries a lost connection without pause and then re-claims the partition
+        # at once: while the hub is unreachable that is a busy loop. Back off per partition.
+        failures = self._failures.get(context.partition_id, 0)
+        if failures:
+            delay = min(0.5 * 2 ** (failures - 1), 30.0)
+            log.info(
+                "partition_reconnect_backoff", partition_id=context.partition_id, delay_s=delay
+            )
+            await asyncio.sleep(delay)
         worker = PartitionWorker(self, context.partition_id)
         self.workers[context.partition_id] = worker
         self.stats.partitions.add(context.partition_id)
@@ -542,6 +552,7 @@ class Consumer:
         worker = self.workers.get(context.partition_id)
         if worker is None:
             return
+        self._failures.pop(context.partition_id, None)  # connected again
         await worker.ensure_started()
         # Shielded so that losing the partition mid-batch lets the batch finish; close()
         # waits for it before the final save (a half-dispatched batch would be lost).
@@ -562,6 +573,8 @@ class Consumer:
 
     async def _on_error(self, context: Any, error: Exception) -> None:
         partition = getattr(context, "partition_id", None)
+        if partition is not None:
+            self._failures[partition] = self._failures.get(partition, 0) + 1
         log.warning("eventhub_error", partition_id=partition, error=repr(error))
 
     # --- running ------------------------------------------------------------------------
