@@ -341,3 +341,29 @@ def test_export_filters_through_the_cli(capsys):
     assert len(template["resources"]) == 6
     assert main(["export-filters", "--rules", rules, "--format", "bicep"]) == 0
     assert "Microsoft.EventGrid/eventSubscriptions@" in capsys.readouterr().out
+
+
+def test_file_replay_without_dry_run_runs_the_actions(tmp_path, capsys):
+    """The same plan, acted on: the webhook peer sees every planned key once."""
+    from tests.test_run_actions import WebhookPeer
+    from worker.plan import idempotency_key
+
+    rules = write_rules(
+        tmp_path,
+        "ordering: {grace: 0s}\nrules:\n  - name: r\n    actions:\n"
+        "      - {type: webhook, id: h, url: '${HOOK_URL}'}\n",
+    )
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(eg(f"e{i}", subject=f"s{i}")) + "\n" for i in range(5)))
+    with WebhookPeer() as peer:
+        os.environ["HOOK_URL"] = f"http://127.0.0.1:{peer.port}/hook"
+        try:
+            code = main(
+                ["replay", "--rules", str(rules), "--source", f"file:{source}",
+                 "--dead-letter", str(tmp_path / "dead.jsonl")]
+            )  # fmt: skip
+        finally:
+            del os.environ["HOOK_URL"]
+        assert code == 0
+        assert set(peer.keys()) == {idempotency_key(TOPIC, f"e{i}", "r", "h") for i in range(5)}
+    assert "actions_dispatched=5" in capsys.readouterr().err

@@ -90,6 +90,14 @@ class BackfillPlan:
     skipped: int = 0
     failures: int = 0
 
+    def count(self, outcome: str, *_: Any) -> None:
+        if outcome == "done":
+            self.actions += 1
+        elif outcome == "skipped":
+            self.skipped += 1
+        else:
+            self.failures += 1
+
 
 async def resolve_bounds(
     client: Any,
@@ -424,14 +432,6 @@ async def _delivery(
         await live_ledger.load()
         ledger.done.update(live_ledger.done)  # read access: never written
 
-    def count(outcome: str, *_: Any) -> None:
-        if outcome == "done":
-            result.actions += 1
-        elif outcome == "skipped":
-            result.skipped += 1
-        else:
-            result.failures += 1
-
     return Delivery(
         partition_id,
         executors,
@@ -439,7 +439,7 @@ async def _delivery(
         environ=os.environ,
         ledger=ledger,
         dead_letter=dead_letter,
-        on_result=count,
+        on_result=result.count,
     )
 
 
@@ -531,7 +531,7 @@ def _concatenate(path: str, parts: list[Path]) -> None:
             target.close()
 
 
-async def backfill_capture(
+async def backfill_messages(
     settings: Settings,
     ruleset: RuleSet,
     messages: AsyncIterator[tuple[bytes, Origin]],
@@ -541,8 +541,10 @@ async def backfill_capture(
     executors: Mapping[str, Executor] | None = None,
     consumer_group: str | None = None,
 ) -> BackfillPlan:
-    """Capture files through one pipeline per partition. `plan_path` = dry run (plans in
-    partition order); otherwise actions run with the live keys, ledger as for the hub."""
+    """Capture files or a JSON-lines file through one pipeline per partition. `plan_path` =
+    dry run (plans in partition order); otherwise actions run with the live keys, with the
+    hub's ledger when `consumer_group` names the replay group (None: no ledger, e.g. a file
+    replay on a machine without the worker's storage)."""
     from worker.connections import blob_container, consumer_client
 
     result = BackfillPlan()
@@ -550,8 +552,7 @@ async def backfill_capture(
     stores: list[Any] = []
     container = None
     fqns = hub = ""
-    if plan_path is None:
-        assert executors is not None and consumer_group is not None
+    if plan_path is None and consumer_group is not None:
         probe = consumer_client(settings, consumer_group=consumer_group)
         fqns, hub = probe._address.hostname, probe.eventhub_name  # as the SDK names blobs
         await probe.close()
@@ -569,11 +570,17 @@ async def backfill_capture(
                     plan_file = delivery = None
                     if plan_path is not None:
                         plan_file = files.enter_context(_open_text(Path(tmp) / f"{pid}.jsonl"))
-                    else:
-                        assert executors is not None and consumer_group is not None
+                    elif consumer_group is not None:
+                        assert executors is not None
                         delivery = await _delivery(
                             settings, container, fqns, hub, consumer_group, pid,
                             ruleset, executors, limits, dead_letter, result, stores,
+                        )  # fmt: skip
+                    else:
+                        assert executors is not None
+                        delivery = Delivery(
+                            pid, executors, limits, environ=os.environ, ledger=None,
+                            dead_letter=dead_letter, on_result=result.count,
                         )  # fmt: skip
                     runs[pid] = _PartitionRun(
                         Bounds(pid, None, False, -1),

@@ -391,15 +391,52 @@ def _replay_file(args: argparse.Namespace, ruleset: Any, location: str, dead_let
     from worker.replay import dry_run
     from worker.source import read_jsonl
 
-    if not args.dry_run:
-        raise _Fail("replay from a file runs with --dry-run only", 2)
     if not Path(location).is_file():
         raise _Fail(f"source file {location} not found")
+    if not args.dry_run:
+        return _act_on_file(ruleset, location, dead_letter)
     try:
         with _open_out(args.output) as plan, _open_out(dead_letter) as dead:
             return dry_run(ruleset, read_jsonl(location), plan, dead)
     except SourceError as exc:
         raise _Fail(str(exc)) from None
+
+
+def _act_on_file(ruleset: Any, location: str, dead_letter: str) -> Any:
+    """A file replay that runs the actions (same keys as live; no ledger: a file has no
+    hub, so targets that dedupe by key are what keeps a second run from repeating)."""
+    import asyncio
+
+    from worker.actions import available_executors
+    from worker.backfill import backfill_messages
+    from worker.settings import load_settings
+    from worker.source import read_jsonl
+
+    settings = load_settings()
+    executors = available_executors(settings)
+
+    async def messages() -> Any:
+        for item in read_jsonl(location):
+            yield item
+
+    async def go() -> Any:
+        try:
+            return await backfill_messages(
+                settings, ruleset, messages(), plan_path=None, dead_letters=dead,
+                executors=executors, consumer_group=None,
+            )  # fmt: skip
+        finally:
+            for executor in executors.values():
+                with contextlib.suppress(Exception):
+                    await executor.aclose()
+
+    with _open_out(dead_letter) as dead:
+        result = asyncio.run(go())
+    return {
+        **result.summary.as_dict(),
+        "actions_dispatched": result.actions,
+        "action_failures": result.failures,
+    }
 
 
 def _positions(text: str | None, flag: str) -> Any:
@@ -417,7 +454,7 @@ def _replay_capture(args: argparse.Namespace, ruleset: Any, location: str, dead:
     import asyncio
 
     from worker.actions import available_executors
-    from worker.backfill import backfill_capture
+    from worker.backfill import backfill_messages
     from worker.capture import read_capture
     from worker.settings import load_settings
 
@@ -432,9 +469,10 @@ def _replay_capture(args: argparse.Namespace, ruleset: Any, location: str, dead:
         partitions=partitions,
     )
     executors = None if args.dry_run else available_executors(settings)
-    with _open_out(dead) as dead_file:
-        result = asyncio.run(
-            backfill_capture(
+
+    async def go(dead_file: IO[str]) -> Any:
+        try:
+            return await backfill_messages(
                 settings,
                 ruleset,
                 messages,
@@ -443,7 +481,13 @@ def _replay_capture(args: argparse.Namespace, ruleset: Any, location: str, dead:
                 executors=executors,
                 consumer_group=args.consumer_group or settings.replay_consumer_group,
             )
-        )
+        finally:
+            for executor in (executors or {}).values():
+                with contextlib.suppress(Exception):
+                    await executor.aclose()
+
+    with _open_out(dead) as dead_file:
+        result = asyncio.run(go(dead_file))
     counts = result.summary.as_dict()
     if not args.dry_run:
         counts.update(
