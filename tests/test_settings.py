@@ -48,3 +48,23 @@ def test_invalid_settings_name_the_variable(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
         load_settings()
+
+
+def test_config_command_masks_secrets(monkeypatch, capsys):
+    import json
+
+    from worker.cli import main
+
+    monkeypatch.setenv(
+        "AML_WORKER_EVENTHUB_CONNECTION_STRING", "Endpoint=sb://x/;SharedAccessKey=k1"
+    )
+    monkeypatch.setenv("AML_WORKER_SMTP_PASSWORD", "hunter2")
+    monkeypatch.setenv("AML_WORKER_CONSUMER_GROUP", "workers")
+    assert main(["config", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["AML_WORKER_EVENTHUB_CONNECTION_STRING"] == "***"
+    assert shown["AML_WORKER_SMTP_PASSWORD"] == "***"
+    assert shown["AML_WORKER_CONSUMER_GROUP"] == "workers"
+    assert main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "k1" not in text and "hunter2" not in text and "workers" in text

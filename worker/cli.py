@@ -175,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
         "--schema", choices=("eventgridschema", "cloudeventschemav1_0"), default="eventgridschema"
     )
 
+    config = commands.add_parser("config", help="print the effective configuration, secrets masked")
+    config.add_argument("--json", action="store_true", help="machine-readable output")
+
     history = commands.add_parser(
         "history", help="what the worker did with one event (state, ledger, dead letters)"
     )
@@ -265,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpoints": _checkpoints,
         "history": _history,
         "export-filters": _export_filters,
+        "config": _config,
     }
     try:
         return handler[args.command](args)
@@ -805,4 +809,28 @@ def _export_filters(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise _Fail(str(exc)) from None
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from pydantic import SecretStr
+
+    from worker.settings import load_settings
+
+    settings = load_settings()
+    shown: dict[str, Any] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = "***"
+        elif isinstance(value, Path):
+            value = str(value)
+        shown[f"AML_WORKER_{name.upper()}"] = value
+    if args.json:
+        json.dump(shown, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        width = max(len(k) for k in shown)
+        for key, value in shown.items():
+            print(f"{key.ljust(width)}  {'' if value is None else value}")
     return 0
