@@ -131,6 +131,8 @@ def main() -> int:
             "AML_WORKER_LOAD_BALANCING_INTERVAL": "1",
             "AML_WORKER_OWNERSHIP_EXPIRY": "5",
             "AML_WORKER_CHECKPOINT_INTERVAL": "1",
+            "AML_WORKER_HTTP_PORT": "0",
+            "AML_WORKER_HTTP_HOST": "127.0.0.1",
             "AML_WORKER_LOG_FORMAT": os.environ.get("AML_WORKER_LOG_FORMAT", "console"),
         }
         say("Publishing examples/stream.jsonl (partition key = subject)")

@@ -194,3 +194,49 @@ def test_object_on_several_partitions_is_warned_about(env, tmp_path):
     worker = env.start(rules_file(tmp_path, grace="0s"), "--stop-when-idle", "2")
     assert worker.wait() == 0
     assert any(line["event"] == "object_on_several_partitions" for line in worker.lines())
+
+
+def test_health_readiness_and_metrics_over_http(env, tmp_path):
+    """The endpoints of a running worker: alive, ready once it owns partitions, and the
+    metrics that dashboards and alerts query."""
+    import urllib.request
+
+    env.send(stream(tmp_path / "s.jsonl", 50, poison=2))
+    worker = env.start(rules_file(tmp_path))
+    worker.wait_for(lambda: any(line["event"] == "http_listening" for line in worker.lines()))
+    port = next(line["port"] for line in worker.lines() if line["event"] == "http_listening")
+    worker.wait_for(lambda: len(worker.dispatched()) == 50)
+
+    def get(path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    assert get("/healthz")[0] == 200
+    status, body = get("/readyz")
+    assert status == 200, body
+    time.sleep(6)  # one lag poll
+    _, metrics = get("/metrics")
+    for expected in (
+        'aml_worker_events_total{outcome="matched"} 50.0',
+        'aml_worker_actions_total{result="done",type="log"} 50.0',
+        "aml_worker_owned_partitions 4.0",
+        'aml_worker_dead_letters_total{kind="invalid_body"} 2.0',
+        "aml_worker_action_duration_seconds_bucket",
+        "aml_worker_checkpoint_writes_total",
+        'aml_worker_partition_lag{partition="0"} 0.0',
+        'aml_worker_held_events{partition="0"} 0.0',
+    ):
+        assert expected in metrics, expected
+    assert (
+        sum(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("aml_worker_messages_total{")
+        )
+        == 52
+    )
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait() == 0

@@ -267,6 +267,7 @@ async def test_aml_job_and_adf_pipeline_through_run_and_a_rewind(tmp_path, dev_h
         ownership_expiry=3,
         checkpoint_interval=0.3,
         shutdown_timeout=5,
+        http_port="off",
     )
     ruleset = load_rules(rules)
 

@@ -75,6 +75,8 @@ class Env:
             "AML_WORKER_SHUTDOWN_TIMEOUT": "5",
             "AML_WORKER_LOG_FORMAT": "json",
             "AML_WORKER_LOG_LEVEL": "info",
+            "AML_WORKER_HTTP_PORT": "0",
+            "AML_WORKER_HTTP_HOST": "127.0.0.1",
         }
 
     def send(self, path: Path, *extra: str) -> None:

@@ -31,6 +31,7 @@ from worker.checkpoints import BlobPartitionStore, StateFenced, StateHandle
 from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
 from worker.errors import CheckpointError, ConfigError, WorkerError
 from worker.events import Origin, restore_event
+from worker.health import HealthServer, Metrics
 from worker.ordering import Sequencer
 from worker.pipeline import Decision, PartitionPipeline, Step, Summary, ordering_config
 from worker.plan import PlannedAction, Throttler, plan_rule
@@ -99,6 +100,9 @@ class PartitionWorker:
         self.owner = f"{consumer.owner_id}/{uuid.uuid4().hex[:8]}"
         self.force_snapshot = False
         self.last_nonce = ""
+        self.last_event_at = time.monotonic()
+        self.checkpoint_moved_at = time.monotonic()
+        self.lag = 0
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -169,6 +173,7 @@ class PartitionWorker:
             ledger=ledger,
             dead_letter=self._dead_letter,
             on_result=self.consumer.count_result,
+            metrics=self.consumer.metrics,
         )
         # A snapshot claims the state blob for this owner (fencing the old one) before any
         # action runs; StateFenced here restarts the start.
@@ -278,6 +283,8 @@ class PartitionWorker:
                     continue
                 origin, body = origin_of(event_data, self.partition_id)
                 step = self.pipeline.feed(body, origin, now)
+                self.consumer.metrics.step(self.partition_id, step, messages=1)
+                self.last_event_at = time.monotonic()
                 mark = Mark(int(event_data.sequence_number), str(event_data.offset))
                 self.progress.received(mark, step.decoded)
                 for rejection in step.rejections:
@@ -285,10 +292,12 @@ class PartitionWorker:
                 await self._dispatch_step(step)
                 self.dirty = True
             tick = self.pipeline.tick(now)
+            self.consumer.metrics.step(self.partition_id, tick)
             if tick.decisions:
                 await self._dispatch_step(tick)
                 self.dirty = True
             await self.save()
+            self.consumer.metrics.held.labels(self.partition_id).set(self.held)
 
     async def _dispatch_step(self, step: Step) -> None:
         for decision in step.decisions:
@@ -336,6 +345,7 @@ class PartitionWorker:
     async def _dead_letter(self, name: str, record: Mapping[str, Any]) -> None:
         """Dead letters must not be lost: retry the blob write until it lands."""
         record = {"dead_lettered_at": time.time(), **record}
+        self.consumer.metrics.dead_letters.labels(str(record.get("kind", "unknown"))).inc()
         delay = 0.5
         while True:
             try:
@@ -402,6 +412,9 @@ class PartitionWorker:
                 await self.store.update_checkpoint(self.partition_id, mark)
                 self.committed = mark
                 self.consumer.stats.checkpoints += 1
+                self.consumer.metrics.checkpoints.labels(self.partition_id).inc()
+                self.checkpoint_moved_at = time.monotonic()
+            self.consumer.storage_error = None
         except StateFenced:
             if during_start:
                 raise
@@ -410,6 +423,7 @@ class PartitionWorker:
             return
         except CheckpointError as exc:
             self.force_snapshot = True
+            self.consumer.storage_error = str(exc)
             self.log.warning("save_failed", error=str(exc))  # retried next interval
             return
         self.last_save = now
@@ -486,6 +500,9 @@ class Consumer:
         self.owner_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stats = RunStats()
         self.limits = Limits.create(settings.max_inflight)
+        self.metrics = Metrics()
+        self.storage_error: str | None = None
+        self.started_at = time.monotonic()
         self.latest: dict[str, Mark] = {}  # `latest` start positions pinned at start-up
         self.workers: dict[str, PartitionWorker] = {}
         self.client: Any = None
@@ -511,6 +528,7 @@ class Consumer:
                 self._objects.popitem(last=False)
         elif seen != partition_id:
             self.split_objects += 1
+            self.metrics.split_objects.inc()
             self._objects[key] = partition_id
             log.warning(
                 "object_on_several_partitions",
@@ -523,7 +541,39 @@ class Consumer:
     def stop(self) -> None:
         self._stop.set()
 
+    def readiness_problems(self) -> list[str]:
+        """Why /readyz says no (empty: ready)."""
+        problems = []
+        if self.storage_error:
+            problems.append(f"checkpoint storage: {self.storage_error}")
+        grace = 2 * self.settings.load_balancing_interval + 5
+        if not self.workers and time.monotonic() - self.started_at > grace:
+            problems.append("no partition owned")
+        stall = max(60.0, 6 * self.settings.load_balancing_interval)
+        now = time.monotonic()
+        for pid, worker in self.workers.items():
+            if worker.lag > 0 and now - worker.last_event_at > stall:
+                problems.append(f"partition {pid} stalled: lag {worker.lag}, nothing delivered")
+        return problems
+
+    async def _watch_lag(self) -> None:
+        """Lag per owned partition (last enqueued - checkpointed), for metrics and /readyz."""
+        while True:
+            await asyncio.sleep(5)
+            self.metrics.owned.set(len(self.workers))
+            for pid, worker in list(self.workers.items()):
+                try:
+                    props = await self.client.get_partition_properties(pid)
+                except Exception:  # the hub is away: readiness reports it through stalls
+                    continue
+                done = worker.committed.sequence_number if worker.committed else -1
+                worker.lag = max(0, int(props["last_enqueued_sequence_number"]) - done)
+                self.metrics.lag.labels(pid).set(worker.lag)
+                age = time.monotonic() - worker.checkpoint_moved_at
+                self.metrics.checkpoint_age.labels(pid).set(age if worker.lag else 0)
+
     def count_result(self, result: str, planned: PlannedAction, error: str) -> None:
+        self.metrics.actions.labels(planned.action.type, result).inc()
         if result == "done":
             self.stats.actions += 1
         elif result == "skipped":
@@ -545,6 +595,7 @@ class Consumer:
             await asyncio.sleep(delay)
         worker = PartitionWorker(self, context.partition_id)
         self.workers[context.partition_id] = worker
+        self.metrics.owned.set(len(self.workers))
         self.stats.partitions.add(context.partition_id)
         await worker.ensure_started()
 
@@ -606,6 +657,7 @@ class Consumer:
             )
         )
         watcher = asyncio.ensure_future(self._watch_idle(partition_ids))
+        lag_watcher = asyncio.ensure_future(self._watch_lag())
         stopping = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         watcher.cancel()
@@ -616,7 +668,8 @@ class Consumer:
             await asyncio.wait_for(client.close(), self.settings.shutdown_timeout + 15)
         except TimeoutError:
             log.error("shutdown_timeout", left=sorted(self.workers))
-        for task in (receiving, stopping, watcher):
+        lag_watcher.cancel()
+        for task in (receiving, stopping, watcher, lag_watcher):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -733,6 +786,17 @@ async def run_worker(
                 consumer_group=settings.consumer_group,
             )
             install_signal_handlers(consumer)
+            http = None
+            if settings.http_port.lower() != "off":
+                try:
+                    port = int(settings.http_port)
+                except ValueError:
+                    raise ConfigError(
+                        f"AML_WORKER_HTTP_PORT must be a port number or 'off', not "
+                        f"{settings.http_port!r}"
+                    ) from None
+                http = HealthServer(consumer.metrics, consumer, host=settings.http_host, port=port)
+                await http.start()
             log.info(
                 "worker_started",
                 eventhub=client.eventhub_name,
@@ -744,6 +808,8 @@ async def run_worker(
                 return await consumer.run(client, store)
             finally:
                 remove_signal_handlers()
+                if http is not None:
+                    await http.stop()
                 for executor in consumer.executors.values():
                     with contextlib.suppress(Exception):
                         await executor.aclose()

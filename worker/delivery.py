@@ -154,6 +154,7 @@ class Delivery:
         dead_letter: Callable[[str, dict[str, Any]], Awaitable[None]],
         on_result: Callable[[str, PlannedAction, str], None] = lambda *_: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Any = None,
     ) -> None:
         self.partition_id = partition_id
         self.executors = executors
@@ -163,6 +164,7 @@ class Delivery:
         self.dead_letter = dead_letter
         self.on_result = on_result
         self.sleep = sleep
+        self.metrics = metrics
         self._chains: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._jobs: set[asyncio.Task[None]] = set()
 
@@ -248,6 +250,8 @@ class Delivery:
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
+            if self.metrics is not None:
+                self.metrics.retries.labels(planned.action.type).inc()
             log.debug(
                 "action_retry",
                 rule=planned.rule,
@@ -292,10 +296,16 @@ class Delivery:
     ) -> dict[str, Any] | None:
         per_action = self.limits.for_action(planned)
         async with self.limits.inflight:
-            if per_action is None:
-                return await executor.execute(planned, params)
-            async with per_action:
-                return await executor.execute(planned, params)
+            started = time.monotonic()
+            try:
+                if per_action is None:
+                    return await executor.execute(planned, params)
+                async with per_action:
+                    return await executor.execute(planned, params)
+            finally:
+                if self.metrics is not None:
+                    seconds = time.monotonic() - started
+                    self.metrics.action_seconds.labels(planned.action.type).observe(seconds)
 
     async def _record(self, planned: PlannedAction) -> None:
         """The ledger write must land: a lost entry could repeat the action after a crash."""

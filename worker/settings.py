@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     start_position: str = "earliest"
     shutdown_timeout: float = 30.0
     max_inflight: int = Field(64, ge=1)
-    http_port: str = "8080"
+    http_port: str = "8080"  # a port, 0 = any free port (logged), or "off"
+    http_host: str = "0.0.0.0"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] | None = None
     load_balancing_interval: float = 10.0
