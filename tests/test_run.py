@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -238,5 +239,49 @@ def test_health_readiness_and_metrics_over_http(env, tmp_path):
         )
         == 52
     )
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
+def test_rules_reload_switches_atomically_and_keeps_the_old_on_error(env, tmp_path):
+    """A ConfigMap update swaps a symlink: valid new rules take over, invalid ones are
+    logged and the old rules stay in force."""
+    import os
+
+    from tests.conftest import TOPIC
+
+    def version(name: str, rule: str) -> Path:
+        path = tmp_path / name
+        path.write_text(
+            f"version: 1\ntopics: ['{TOPIC}']\nordering: {{grace: 0s}}\n"
+            f"rules:\n  - name: {rule}\n    actions: [{{type: log, message: x}}]\n"
+        )
+        return path
+
+    link = tmp_path / "rules.yaml"
+    link.symlink_to(version("v1.yaml", "first"))
+    worker = env.start(link)
+    worker.wait_for(lambda: sum(e["event"] == "partition_started" for e in worker.lines()) == 4)
+    env.send(stream(tmp_path / "a.jsonl", 10))
+    worker.wait_for(lambda: len(worker.dispatched()) == 10)
+
+    def swap(target: Path) -> None:
+        tmp = tmp_path / "rules.tmp"
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+
+    swap(version("v2.yaml", "second"))
+    worker.wait_for(lambda: any(e["event"] == "rules_reloaded" for e in worker.lines()))
+    env.send(stream(tmp_path / "b.jsonl", 10, start=10))
+    worker.wait_for(lambda: len(worker.dispatched()) == 20)
+    assert {e["rule"] for e in worker.dispatched()[10:]} == {"second"}
+
+    bad = tmp_path / "v3.yaml"
+    bad.write_text("version: 1\ntopics: []\nrules: []\n")
+    swap(bad)
+    worker.wait_for(lambda: any(e["event"] == "rules_reload_failed" for e in worker.lines()))
+    env.send(stream(tmp_path / "c.jsonl", 10, start=20))
+    worker.wait_for(lambda: len(worker.dispatched()) == 30)
+    assert {e["rule"] for e in worker.dispatched()[20:]} == {"second"}
     worker.process.send_signal(signal.SIGTERM)
     assert worker.wait() == 0

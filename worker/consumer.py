@@ -556,6 +556,56 @@ class Consumer:
                 problems.append(f"partition {pid} stalled: lag {worker.lag}, nothing delivered")
         return problems
 
+    async def _watch_rules(self) -> None:
+        """Reload the rules file when it changes (a ConfigMap update swaps a symlink): the
+        new file is validated first and switched in between two events; an invalid one is
+        logged and the old rules stay in force. Ordering and dedupe settings apply to
+        partitions started after the switch."""
+        from pathlib import Path
+
+        from worker.errors import RulesError
+        from worker.rules import load_rules
+
+        if not self.ruleset.path:
+            return
+        path = Path(self.ruleset.path)
+
+        def fingerprint() -> tuple[Any, ...]:
+            try:
+                real = path.resolve()
+                stat = real.stat()
+                return (str(real), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                return ()
+
+        seen = fingerprint()
+        if not seen:
+            return
+        while True:
+            await asyncio.sleep(2)
+            current = fingerprint()
+            if not current or current == seen:
+                continue
+            seen = current
+            try:
+                ruleset = load_rules(path, environ=self.environ)
+            except RulesError as exc:
+                log.error(
+                    "rules_reload_failed",
+                    problems=[str(p) for p in exc.problems],
+                    message="the new rules file is invalid; the old rules stay in force",
+                )
+                continue
+            missing = missing_executors(ruleset.action_types, self.executors)
+            if missing:
+                log.error("rules_reload_failed", missing_action_types=missing)
+                continue
+            self.ruleset = ruleset
+            for worker in self.workers.values():
+                if worker.pipeline is not None:
+                    worker.pipeline.ruleset = ruleset
+            log.info("rules_reloaded", rules=len(ruleset.rules), path=str(path))
+
     async def _watch_lag(self) -> None:
         """Lag per owned partition (last enqueued - checkpointed), for metrics and /readyz."""
         while True:
@@ -658,6 +708,7 @@ class Consumer:
         )
         watcher = asyncio.ensure_future(self._watch_idle(partition_ids))
         lag_watcher = asyncio.ensure_future(self._watch_lag())
+        reloader = asyncio.ensure_future(self._watch_rules())
         stopping = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         watcher.cancel()
@@ -669,7 +720,8 @@ class Consumer:
         except TimeoutError:
             log.error("shutdown_timeout", left=sorted(self.workers))
         lag_watcher.cancel()
-        for task in (receiving, stopping, watcher, lag_watcher):
+        reloader.cancel()
+        for task in (receiving, stopping, watcher, lag_watcher, reloader):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
