@@ -219,6 +219,14 @@ class Delivery:
     ) -> None:
         if previous is not None:
             await asyncio.wait({previous})  # its failure is its own: order, not fate
+        event = actions[0].event
+        # Every line logged about this event carries where it came from (a task's context).
+        structlog.contextvars.bind_contextvars(
+            partition_id=event.partition_id,
+            sequence_number=event.sequence_number,
+            event_id=event.id,
+            subject=event.subject,
+        )
         for planned in actions:
             await self.run_one(planned)
         done()
