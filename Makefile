@@ -19,6 +19,7 @@ $(AZURITE): package.json
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 test: lint $(AZURITE)
 	$(VENV)/bin/pytest -q
