@@ -482,8 +482,20 @@ async def _receive_all(
                 raise SourceError(f"partition {b.partition_id}: receiving stopped early")
 
     async def report() -> None:
+        """Progress every 2 s; the replay group's checkpoints as often as they may move."""
+        tick = min(2.0, max(0.1, settings.checkpoint_interval))
+        last_report = time.monotonic()
         while True:
-            await asyncio.sleep(2)
+            await asyncio.sleep(tick)
+            for run in runs.values():
+                if not run.done.is_set():
+                    try:
+                        await run.checkpoint()
+                    except Exception as exc:  # storage hiccup: the next tick tries again
+                        log.warning("replay_checkpoint_failed", error=str(exc))
+            if time.monotonic() - last_report < 2:
+                continue
+            last_report = time.monotonic()
             state = {pid: (r.messages, r.bounds.total) for pid, r in runs.items()}
             if progress is not None:
                 progress(state)
