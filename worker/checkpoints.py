@@ -243,11 +243,6 @@ class BlobPartitionStore:
             handle.snapshot_bytes, 64 * 1024
         )
 
-    async def adopt_state(self, handle: StateHandle) -> None:
-        """Refresh the ETag and blocks after a fenced write (the newer owner wins)."""
-        fresh = await self.load_state(handle.partition_id)
-        handle.etag, handle.blocks, handle.records = fresh.etag, fresh.blocks, fresh.records
-
     async def reset_state(self, partition_id: str) -> None:
         """Forget dedupe/order state (after a rewind); the ledger is kept (DESIGN §4)."""
         with contextlib.suppress(ResourceNotFoundError):

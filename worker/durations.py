@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["parse_duration"]
 
 _UNITS = {"ms": Decimal("0.001"), "s": Decimal(1), "m": Decimal(60), "h": Decimal(3600)}
 _UNITS["d"] = Decimal(86400)
@@ -36,11 +36,3 @@ def parse_duration(value: object) -> float:
     except InvalidOperation:  # pragma: no cover - the regex admits only numbers
         raise ValueError(f"{value!r} is not a duration") from None
     return float(amount * _UNITS[match.group(2) or "s"])
-
-
-def format_duration(seconds: float) -> str:
-    """The shortest exact rendering, for messages and the effective configuration."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds}s"
