@@ -367,3 +367,30 @@ def test_file_replay_without_dry_run_runs_the_actions(tmp_path, capsys):
         assert code == 0
         assert set(peer.keys()) == {idempotency_key(TOPIC, f"e{i}", "r", "h") for i in range(5)}
     assert "actions_dispatched=5" in capsys.readouterr().err
+
+
+def test_per_object_throttle_memory_stays_bounded():
+    """Objects that stop firing are forgotten once their window has passed."""
+    from tests.conftest import event_of
+    from worker.plan import Throttler
+    from worker.rules import parse_rules
+
+    ruleset = parse_rules(
+        f"version: 1\ntopics: ['{TOPIC}']\nrules:\n  - name: r\n"
+        "    throttle: {per: object, at_most: 1, every: 1m}\n"
+        "    actions: [{type: log, message: x}]\n",
+        "rules.yaml",
+    )
+    rule = ruleset.rules[0]
+    throttler = Throttler()
+    for i in range(500):
+        minute, second = divmod(i, 60)
+        event = event_of(
+            eg(f"e{i}", subject=f"s{i}", time=f"2024-06-10T10:{minute:02d}:{second:02d}Z")
+        )
+        assert throttler.admit(rule, event)
+    assert len(throttler) <= 61  # one minute of objects, not 500
+    again = event_of(eg("x", subject="s499", time="2024-06-10T10:08:30Z"))
+    assert not throttler.admit(rule, again)  # still throttled within its minute
+    restored = Throttler.restore(throttler.snapshot())
+    assert not restored.admit(rule, again) and len(restored) == len(throttler)

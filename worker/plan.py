@@ -128,7 +128,10 @@ class Throttler:
     """
 
     def __init__(self) -> None:
-        self._windows: dict[tuple[str, ...], deque[int]] = {}
+        # key -> (every in ticks, admitted times); least recently admitted first, so keys
+        # whose whole window has passed are dropped from the front: memory stays bounded
+        # by the objects that fired within their `every`, not by every object ever seen.
+        self._windows: dict[tuple[str, ...], tuple[int, deque[int]]] = {}
 
     def admit(self, rule: Rule, event: Event) -> bool:
         throttle = rule.throttle
@@ -137,28 +140,39 @@ class Throttler:
         key: tuple[str, ...] = (rule.name,)
         if throttle.per is ThrottlePer.OBJECT:
             key = (rule.name, *event.object_key)
-        window = self._windows.setdefault(key, deque())
+        every = round(throttle.every_s * TICKS_PER_SECOND)
+        _, window = self._windows.pop(key, (every, deque()))
+        self._windows[key] = (every, window)
         now = event.time_ticks
-        horizon = now - round(throttle.every_s * TICKS_PER_SECOND)
-        while window and window[0] <= horizon:
+        while window and window[0] <= now - every:
             window.popleft()
-        recent = sum(1 for t in window if t <= now)
-        if recent >= throttle.at_most:
-            return False
-        window.append(now)
-        return True
+        admitted = sum(1 for t in window if t <= now) < throttle.at_most
+        if admitted:
+            window.append(now)
+        self._forget(now)
+        return admitted
+
+    def _forget(self, now: int) -> None:
+        while self._windows:
+            oldest = next(iter(self._windows))
+            every, window = self._windows[oldest]
+            if window and window[-1] > now - every:
+                break
+            del self._windows[oldest]
 
     def __len__(self) -> int:
         return len(self._windows)
 
     def snapshot(self) -> list[list[Any]]:
-        return [[list(key), list(times)] for key, times in self._windows.items() if times]
+        return [[list(key), list(times), every] for key, (every, times) in self._windows.items()]
 
     @classmethod
     def restore(cls, records: list[list[Any]]) -> Throttler:
         throttler = cls()
-        for key, times in records:
-            throttler._windows[tuple(key)] = deque(times)
+        for record in records:
+            key, times = record[0], record[1]
+            every = record[2] if len(record) > 2 else 0  # format 1 had no `every`
+            throttler._windows[tuple(key)] = (every, deque(times))
         return throttler
 
 
