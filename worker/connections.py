@@ -16,9 +16,11 @@ from worker.errors import ConfigError
 from worker.settings import Settings
 
 __all__ = [
+    "AUTHORITY_HOSTS",
     "blob_container",
     "checkpoint_store",
     "consumer_client",
+    "default_credential",
     "partition_store",
     "producer_client",
 ]
@@ -42,10 +44,23 @@ def _transport_kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
-def _credential() -> Any:
-    from azure.identity.aio import DefaultAzureCredential
+AUTHORITY_HOSTS = {
+    "AzureUSGovernment": "login.microsoftonline.us",
+    "AzureChinaCloud": "login.chinacloudapi.cn",
+}
 
-    return DefaultAzureCredential()
+
+def default_credential(settings: Any, *, aio: bool = True) -> Any:
+    """DefaultAzureCredential signing in at the authority of `AML_WORKER_AZURE_CLOUD`.
+
+    The one place that knows sovereign clouds' sign-in hosts; `aio=False` for the
+    synchronous SDKs (azure-ai-ml)."""
+    if aio:
+        from azure.identity.aio import DefaultAzureCredential
+    else:
+        from azure.identity import DefaultAzureCredential  # type: ignore[assignment]
+    authority = AUTHORITY_HOSTS.get(getattr(settings, "azure_cloud", "AzureCloud"))
+    return DefaultAzureCredential(authority=authority) if authority else DefaultAzureCredential()
 
 
 def consumer_client(
@@ -71,7 +86,10 @@ def consumer_client(
             raise ConfigError(f"AML_WORKER_EVENTHUB_CONNECTION_STRING is invalid: {exc}") from None
     if settings.eventhub_namespace and settings.eventhub_name:
         return EventHubConsumerClient(
-            settings.eventhub_namespace, settings.eventhub_name, _credential(), **kwargs
+            settings.eventhub_namespace,
+            settings.eventhub_name,
+            default_credential(settings),
+            **kwargs,
         )
     raise ConfigError(
         "no Event Hub configured: set AML_WORKER_EVENTHUB_CONNECTION_STRING (with EntityPath) "
@@ -99,7 +117,10 @@ def producer_client(settings: Settings, connection_string: str | None = None) ->
             raise ConfigError(f"invalid Event Hubs connection string: {exc}") from None
     if settings.eventhub_namespace and settings.eventhub_name:
         return EventHubProducerClient(
-            settings.eventhub_namespace, settings.eventhub_name, _credential(), **kwargs
+            settings.eventhub_namespace,
+            settings.eventhub_name,
+            default_credential(settings),
+            **kwargs,
         )
     raise ConfigError("no Event Hub configured (connection string or namespace + name)")
 
@@ -117,7 +138,9 @@ def blob_container(settings: Settings) -> Any:
                 f"AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING is invalid: {exc}"
             ) from None
     if settings.checkpoint_store_url:
-        return ContainerClient(settings.checkpoint_store_url, container, _credential())
+        return ContainerClient(
+            settings.checkpoint_store_url, container, default_credential(settings)
+        )
     raise ConfigError(
         "no checkpoint storage configured: set AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING "
         "or AML_WORKER_CHECKPOINT_STORE_URL"
@@ -132,7 +155,9 @@ def checkpoint_store(settings: Settings) -> Any:
         conn = settings.checkpoint_store_connection_string.get_secret_value()
         return BlobCheckpointStore.from_connection_string(conn, container)
     assert settings.checkpoint_store_url
-    return BlobCheckpointStore(settings.checkpoint_store_url, container, _credential())
+    return BlobCheckpointStore(
+        settings.checkpoint_store_url, container, default_credential(settings)
+    )
 
 
 @contextlib.asynccontextmanager

@@ -54,10 +54,6 @@ ARM_ENDPOINTS: Mapping[str, str] = {
     "AzureUSGovernment": "https://management.usgovcloudapi.net",
     "AzureChinaCloud": "https://management.chinacloudapi.cn",
 }
-_AUTHORITIES = {
-    "AzureUSGovernment": "login.microsoftonline.us",
-    "AzureChinaCloud": "login.chinacloudapi.cn",
-}
 USER_AGENT = f"aml-event-worker/{worker.__version__}"
 CONNECTION_TIMEOUT_S = 30
 READ_TIMEOUT_S = 60
@@ -120,11 +116,9 @@ class AdfPipelineExecutor:
         )
 
         if self._credential is None:
-            from azure.identity.aio import DefaultAzureCredential
+            from worker.connections import default_credential
 
-            authority = _AUTHORITIES.get(self.settings.azure_cloud)
-            options = {"authority": authority} if authority else {}
-            self._credential = DefaultAzureCredential(**options)
+            self._credential = default_credential(self.settings)
         config: Configuration[Any, Any] = Configuration()
         config.headers_policy = policies.HeadersPolicy()
         config.user_agent_policy = policies.UserAgentPolicy(user_agent=USER_AGENT)

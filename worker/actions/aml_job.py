@@ -91,10 +91,6 @@ _LITERAL_INPUT_TYPES: Mapping[str, type] = {
     "boolean": bool,
 }
 _TYPE_WORDS: Mapping[type, str] = {float: "number", int: "integer", bool: "boolean", str: "string"}
-_AUTHORITIES = {
-    "AzureUSGovernment": "login.microsoftonline.us",
-    "AzureChinaCloud": "login.chinacloudapi.cn",
-}
 _SHOWN_CHARS = 400
 
 ClientFactory = Callable[[str, str, str], Any]
@@ -190,11 +186,9 @@ class AmlJobExecutor:
 
     def _default_client(self, subscription_id: str, resource_group: str, workspace: str) -> Any:
         if self._credential is None:
-            from azure.identity import DefaultAzureCredential
+            from worker.connections import default_credential
 
-            authority = _AUTHORITIES.get(self.settings.azure_cloud)
-            options = {"authority": authority} if authority else {}
-            self._credential = DefaultAzureCredential(**options)
+            self._credential = default_credential(self.settings, aio=False)
         return build_ml_client(
             self._credential,
             subscription_id,

@@ -48,9 +48,9 @@ class EventHubExecutor:
                 )
             else:
                 if self._credential is None:
-                    from azure.identity.aio import DefaultAzureCredential
+                    from worker.connections import default_credential
 
-                    self._credential = DefaultAzureCredential()
+                    self._credential = default_credential(self.settings)
                 producer = EventHubProducerClient(
                     params["namespace"], params["eventhub"], self._credential
                 )

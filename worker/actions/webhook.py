@@ -62,10 +62,6 @@ _BAD_URL_ERRORS = tuple(
     for name in ("InvalidURL", "NonHttpUrlClientError")
     if hasattr(aiohttp, name)
 )
-_AUTHORITY_HOSTS = {
-    "AzureUSGovernment": "login.microsoftonline.us",
-    "AzureChinaCloud": "login.chinacloudapi.cn",
-}
 
 
 # --- bodies -------------------------------------------------------------------------------
@@ -224,14 +220,10 @@ class WebhookExecutor:
         return self._session
 
     def _default_credential(self) -> Any:
-        from azure.identity.aio import DefaultAzureCredential
+        from worker.connections import default_credential
 
-        cloud = getattr(self._settings, "azure_cloud", "AzureCloud")
-        authority = _AUTHORITY_HOSTS.get(cloud)
         self._owns_credential = True
-        if authority is None:
-            return DefaultAzureCredential()
-        return DefaultAzureCredential(authority=authority)
+        return default_credential(self._settings)
 
     async def _bearer(self, scope: str, shown_scope: str, redact: Redactor) -> str:
         cached = self._tokens.get(scope)
