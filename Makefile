@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: test lint demo replay-demo clean
+.PHONY: test lint demo replay-demo soak bench image-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,18 @@ replay-demo: $(STAMP)
 	AML_WORKER_LOG_FORMAT=console $(VENV)/bin/aml-event-worker replay \
 		--rules examples/rules.yaml --source file:examples/stream.jsonl --dry-run \
 		--output - --summary-json .demo/replay-summary.json --dead-letter .demo/deadletter.jsonl
+
+# The long reliability experiments (tests/chaos; `make test` runs their short forms).
+soak: $(STAMP) $(AZURITE)
+	AML_WORKER_SOAK=full $(VENV)/bin/pytest -q -s tests/chaos
+
+# The performance bench: figures to bench/results/*.json.
+bench: $(STAMP) $(AZURITE)
+	$(PY) bench/run.py
+
+# Build the container image for real (debootstrap base + buildah) and run it as non-root.
+image-check:
+	bash scripts/image-check.sh
 
 clean:
 	rm -rf $(VENV) node_modules .demo .pytest_cache .ruff_cache .hypothesis

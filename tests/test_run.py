@@ -243,6 +243,51 @@ def test_health_readiness_and_metrics_over_http(env, tmp_path):
     assert worker.wait() == 0
 
 
+def test_a_silently_stalled_partition_is_reported_and_reconnected(env, tmp_path):
+    """dev-hub's fault injection (SIGUSR1) leaves every attached receiver silent: the hub
+    has events the worker never gets. The watchdog sees unread events with nothing
+    delivered, reports the stall, reconnects, and the events arrive exactly once."""
+    import os
+    import urllib.request
+
+    env.env["AML_WORKER_STALL_TIMEOUT"] = "3"
+    env.send(stream(tmp_path / "a.jsonl", 20))
+    worker = env.start(rules_file(tmp_path))
+    worker.wait_for(lambda: len(worker.dispatched()) == 20)
+    port = next(line["port"] for line in worker.lines() if line["event"] == "http_listening")
+    os.kill(env.dev_hub.process.pid, signal.SIGUSR1)
+    time.sleep(0.5)
+    env.send(stream(tmp_path / "b.jsonl", 20, start=20))
+
+    def readyz() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+                return reply.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.read().decode()
+
+    reports: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(worker.dispatched()) < 40 and time.monotonic() < deadline:
+        reports.append(readyz())
+        time.sleep(0.3)
+    keys = Counter(line["idempotency_key"] for line in worker.dispatched())
+    assert len(keys) == 40 and set(keys.values()) == {1}, worker.log_path.read_text()[-3000:]
+    stalls = [line for line in worker.lines() if line["event"] == "partition_stalled_reconnecting"]
+    assert stalls and all(line["unread"] > 0 for line in stalls)
+    assert any("stalled" in report for report in reports)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        metrics = reply.read().decode()
+    reconnects = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("aml_worker_partition_reconnects_total{")
+    )
+    assert reconnects == len(stalls)
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.wait() == 0
+
+
 def test_rules_reload_switches_atomically_and_keeps_the_old_on_error(env, tmp_path):
     """A ConfigMap update swaps a symlink: valid new rules take over, invalid ones are
     logged and the old rules stay in force."""

@@ -103,6 +103,9 @@ class PartitionWorker:
         self.last_event_at = time.monotonic()
         self.checkpoint_moved_at = time.monotonic()
         self.lag = 0
+        self.received = -1  # highest sequence number the hub delivered to us
+        self.unread = 0  # events enqueued past `received` (from the lag watcher)
+        self.reconnected_at = 0.0
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -277,6 +280,8 @@ class PartitionWorker:
             floor = self.committed.sequence_number if self.committed else -1
             for event_data in events:
                 self.consumer.note_event()
+                self.last_event_at = time.monotonic()
+                self.received = max(self.received, int(event_data.sequence_number))
                 if event_data.sequence_number <= floor:
                     # Finished by definition: the SDK re-reads a checkpointed event when the
                     # start position is inclusive, and hand-overs re-read up to it.
@@ -284,7 +289,6 @@ class PartitionWorker:
                 origin, body = origin_of(event_data, self.partition_id)
                 step = self.pipeline.feed(body, origin, now)
                 self.consumer.metrics.step(self.partition_id, step, messages=1)
-                self.last_event_at = time.monotonic()
                 mark = Mark(int(event_data.sequence_number), str(event_data.offset))
                 self.progress.received(mark, step.decoded)
                 for rejection in step.rejections:
@@ -502,6 +506,7 @@ class Consumer:
         self.limits = Limits.create(settings.max_inflight)
         self.metrics = Metrics()
         self.storage_error: str | None = None
+        self.hub_error: tuple[float, str] | None = None  # (failing since, last error)
         self.started_at = time.monotonic()
         self.latest: dict[str, Mark] = {}  # `latest` start positions pinned at start-up
         self.workers: dict[str, PartitionWorker] = {}
@@ -546,15 +551,46 @@ class Consumer:
         problems = []
         if self.storage_error:
             problems.append(f"checkpoint storage: {self.storage_error}")
+        if self.hub_error and time.monotonic() - self.hub_error[0] > 10:
+            problems.append(f"event hub unreachable: {self.hub_error[1]}")
         grace = 2 * self.settings.load_balancing_interval + 5
         if not self.workers and time.monotonic() - self.started_at > grace:
             problems.append("no partition owned")
-        stall = max(60.0, 6 * self.settings.load_balancing_interval)
-        now = time.monotonic()
-        for pid, worker in self.workers.items():
-            if worker.lag > 0 and now - worker.last_event_at > stall:
-                problems.append(f"partition {pid} stalled: lag {worker.lag}, nothing delivered")
+        for pid in self.stalled_partitions():
+            worker = self.workers[pid]
+            problems.append(
+                f"partition {pid} stalled: {worker.unread} unread events, nothing delivered "
+                f"for {time.monotonic() - worker.last_event_at:.0f} s"
+            )
         return problems
+
+    def stalled_partitions(self) -> list[str]:
+        """Owned partitions the hub has events for that delivered nothing for the stall
+        timeout: the SDK's receiver can stay attached yet silent (or retry a dead connection
+        without reporting it), so only a comparison with the hub's own figures shows it."""
+        now = time.monotonic()
+        timeout = self.settings.stall_timeout
+        return [
+            pid
+            for pid, worker in self.workers.items()
+            if worker.pipeline is not None
+            and worker.unread > 0
+            and now - worker.last_event_at > timeout
+        ]
+
+    def reconnect(self, partition_id: str) -> bool:
+        """Drop a stalled partition's receiver so the SDK claims it again on a new link.
+
+        The SDK has no public call for this; cancelling its receive task runs the normal
+        close path (our `_on_close` saves and releases the state, ownership is released) and
+        the next load-balancing round claims the partition again from the checkpoint.
+        """
+        for processor in getattr(self.client, "_event_processors", {}).values():
+            task = getattr(processor, "_tasks", {}).get(partition_id)
+            if task is not None and not task.done():
+                task.cancel()
+                return True
+        return False
 
     async def _watch_rules(self) -> None:
         """Reload the rules file when it changes (a ConfigMap update swaps a symlink): the
@@ -607,20 +643,46 @@ class Consumer:
             log.info("rules_reloaded", rules=len(ruleset.rules), path=str(path))
 
     async def _watch_lag(self) -> None:
-        """Lag per owned partition (last enqueued - checkpointed), for metrics and /readyz."""
+        """Lag per owned partition (last enqueued - checkpointed), for metrics and /readyz,
+        and the stall watchdog: a stalled partition is reconnected, at most once per stall
+        timeout, and reported until events flow again."""
+        period = min(5.0, max(0.5, self.settings.stall_timeout / 4))
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(period)
             self.metrics.owned.set(len(self.workers))
             for pid, worker in list(self.workers.items()):
                 try:
-                    props = await self.client.get_partition_properties(pid)
-                except Exception:  # the hub is away: readiness reports it through stalls
+                    props = await asyncio.wait_for(
+                        self.client.get_partition_properties(pid), timeout=10
+                    )
+                except Exception as exc:  # the hub is away (or slow): report it, keep going
+                    since = self.hub_error[0] if self.hub_error else time.monotonic()
+                    self.hub_error = (since, repr(exc))
                     continue
+                self.hub_error = None
+                last = int(props["last_enqueued_sequence_number"])
                 done = worker.committed.sequence_number if worker.committed else -1
-                worker.lag = max(0, int(props["last_enqueued_sequence_number"]) - done)
+                worker.lag = max(0, last - done)
+                worker.unread = max(0, last - max(done, worker.received))
                 self.metrics.lag.labels(pid).set(worker.lag)
                 age = time.monotonic() - worker.checkpoint_moved_at
                 self.metrics.checkpoint_age.labels(pid).set(age if worker.lag else 0)
+            stalled = self.stalled_partitions()
+            self.metrics.stalled.set(len(stalled))
+            now = time.monotonic()
+            for pid in stalled:
+                worker = self.workers[pid]
+                if now - worker.reconnected_at < self.settings.stall_timeout:
+                    continue
+                worker.reconnected_at = now
+                if self.reconnect(pid):
+                    self.metrics.reconnects.labels(pid).inc()
+                    log.warning(
+                        "partition_stalled_reconnecting",
+                        partition_id=pid,
+                        unread=worker.unread,
+                        silent_s=round(now - worker.last_event_at, 1),
+                    )
 
     def count_result(self, result: str, planned: PlannedAction, error: str) -> None:
         self.metrics.actions.labels(planned.action.type, result).inc()

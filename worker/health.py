@@ -83,6 +83,17 @@ class Metrics:
             "Objects seen on more than one partition (PartitionKey not set to the subject?)",
             registry=r,
         )
+        self.stalled = Gauge(
+            "aml_worker_stalled_partitions",
+            "Owned partitions with unread events that delivered nothing for the stall timeout",
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "aml_worker_partition_reconnects",
+            "Stalled partitions whose receiver was reconnected",
+            ["partition"],
+            registry=r,
+        )
         self.ready = Gauge("aml_worker_ready", "1 when /readyz answers 200", registry=r)
 
     def step(self, partition_id: str, step: Step, messages: int = 0) -> None:

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] | None = None
     load_balancing_interval: float = 10.0
     ownership_expiry: float = 60.0
+    stall_timeout: float = 60.0  # a partition with unread events that delivers nothing this long
     replay_consumer_group: str = "aml-worker-replay"
     eventhub_transport: Literal["amqp", "websocket"] = "amqp"
     ledger_retention: float = 7 * 86_400.0
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
         "shutdown_timeout",
         "load_balancing_interval",
         "ownership_expiry",
+        "stall_timeout",
         "ledger_retention",
         "smtp_timeout",
         mode="before",

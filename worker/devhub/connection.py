@@ -160,6 +160,16 @@ class Connection(asyncio.Protocol):
         same_session = [r for r in candidates if r.link.session == session]
         return (same_session or candidates or [None])[0]
 
+    def freeze_receivers(self) -> int:
+        """Fault injection: this connection's partition readers stay attached but stop
+        delivering, the silent stall that real consumers must detect and reconnect."""
+        frozen = 0
+        for role in self._roles:
+            if isinstance(role, ConsumerLink) and not role.frozen:
+                role.frozen = True
+                frozen += 1
+        return frozen
+
     def shutdown(self) -> None:
         """Close the AMQP connection (server stopping) and let the socket drain."""
         if self._connection.state & Endpoint.LOCAL_ACTIVE:

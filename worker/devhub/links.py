@@ -79,6 +79,7 @@ class ConsumerLink(Role):
         self.key = key
         self.index = index
         self._epoch = epoch
+        self.frozen = False  # fault injection: attached, but never delivers again
 
     @property
     def epoch(self) -> int | None:
@@ -92,7 +93,7 @@ class ConsumerLink(Role):
         self.pump()
 
     def pump(self) -> None:
-        if self.closed:
+        if self.closed or self.frozen:
             return
         link = self.link
         credit = link.credit

@@ -7,6 +7,7 @@ protocol work lives in `connection.py` and `links.py`, the data in `store.py`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -92,6 +93,13 @@ class DevHub:
         self.store.close()
         log.info("devhub_stopped", port=self._port)
 
+    def freeze_receivers(self) -> int:
+        """Fault injection (SIGUSR1 on `serve`): every partition reader attached now stops
+        delivering without detaching; readers attached later work. Returns how many froze."""
+        frozen = sum(conn.freeze_receivers() for conn in self.connections)
+        log.warning("devhub_receivers_frozen", receivers=frozen)
+        return frozen
+
     async def __aenter__(self) -> DevHub:
         await self.start()
         return self
@@ -119,6 +127,9 @@ async def serve(
             except (NotImplementedError, RuntimeError, ValueError):
                 continue  # not the main thread, or no signals here: cancellation still works
             installed.append(signum)
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
+            loop.add_signal_handler(signal.SIGUSR1, hub.freeze_receivers)
+            installed.append(signal.SIGUSR1)
         try:
             if ready is not None:
                 ready(hub)
