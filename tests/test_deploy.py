@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ["dev", "prod", "dev-backfill", "prod-backfill"]
 K8S_VERSION = "1.32.0"
-CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 UID = 10001
 # The azure-eventhub scaler's metadata (KEDA docs); the models type it as a plain mapping.
 EVENTHUB_TRIGGER_KEYS = {

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -107,6 +108,13 @@ class Metrics:
                 rule = decision.actions[0].rule if decision.actions else "-"
                 self.throttled.labels(rule).inc(decision.throttled)
 
+    def forget_partition(self, partition_id: str) -> None:
+        """Drop a partition's gauges when it leaves this replica: a frozen last value would
+        be read as this replica's view next to the new owner's."""
+        for gauge in (self.lag, self.held, self.checkpoint_age):
+            with contextlib.suppress(KeyError):
+                gauge.remove(partition_id)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -164,6 +172,8 @@ class HealthServer:
         return web.json_response({"status": "ready"})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        # Without probes nothing else asks: `aml_worker_ready` must be current on a scrape.
+        self.metrics.ready.set(0 if self.state.readiness_problems() else 1)
         return web.Response(
             body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
