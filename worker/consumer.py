@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from worker import tracing
 from worker.actions import Executor, missing_executors
 from worker.checkpoints import BlobPartitionStore, StateFenced, StateHandle
 from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
@@ -106,6 +107,12 @@ class PartitionWorker:
         self.received = -1  # highest sequence number the hub delivered to us
         self.unread = 0  # events enqueued past `received` (from the lag watcher)
         self.reconnected_at = 0.0
+        # Tracing on: what the spans of each received message's events need (worker.tracing).
+        self.traces = tracing.message_traces(
+            partition_id,
+            eventhub=getattr(consumer.client, "eventhub_name", None),
+            consumer_group=consumer.settings.consumer_group,
+        )
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -288,6 +295,10 @@ class PartitionWorker:
                     continue
                 origin, body = origin_of(event_data, self.partition_id)
                 step = self.pipeline.feed(body, origin, now)
+                if self.traces is not None:
+                    self.traces.received(
+                        event_data.properties, int(event_data.sequence_number), step.decoded
+                    )
                 self.consumer.metrics.step(self.partition_id, step, messages=1)
                 mark = Mark(int(event_data.sequence_number), str(event_data.offset))
                 self.progress.received(mark, step.decoded)
@@ -316,15 +327,20 @@ class PartitionWorker:
             )
             await self._dead_letter(f"{event.sequence_number}-{failure.key}", failure.dead_letter())
         rules = list(dict.fromkeys(a.rule for a in decision.actions))
-        self._submit(event, rules, list(decision.actions))
+        span = self.traces.start_event(decision) if self.traces is not None else None
+        self._submit(event, rules, list(decision.actions), span)
         assert self.delivery is not None
         await self.delivery.wait_below(MAX_JOBS_PER_PARTITION)  # backpressure, never drop
 
-    def _submit(self, event: Any, rules: list[str], actions: list[PlannedAction]) -> None:
+    def _submit(
+        self, event: Any, rules: list[str], actions: list[PlannedAction], span: Any = None
+    ) -> None:
         seq = event.origin.sequence_number
         if not actions:
             if seq is not None:
                 self.progress.finished(seq)
+            if span is not None:
+                tracing.end_event(span, [])
             return
         assert self.delivery is not None
         token = self._next_job
@@ -337,7 +353,7 @@ class PartitionWorker:
                 self.progress.finished(seq)
             self.dirty = True
 
-        self.delivery.submit(event.object_key, actions, done)
+        self.delivery.submit(event.object_key, actions, done, span=span)
 
     async def _dead_letter_rejection(self, rejection: Any) -> None:
         self.log.warning("invalid_body", where=rejection.describe())
@@ -726,6 +742,7 @@ class Consumer:
         worker = self.workers.pop(context.partition_id, None)
         if worker is None:
             return
+        self.metrics.forget_partition(context.partition_id)  # its new owner reports it now
         flush = self._stop.is_set() and self.stop_when_idle is not None
         await worker.close(release=True, flush=flush)
         log.info(

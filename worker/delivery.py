@@ -31,6 +31,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
+from worker import tracing
 from worker.actions import Executor
 from worker.checkpoints import BlobPartitionStore, StateHandle
 from worker.errors import ActionError, CheckpointError
@@ -177,10 +178,16 @@ class Delivery:
         key: tuple[str, str],
         actions: list[PlannedAction],
         done: Callable[[], None],
+        *,
+        span: Any = None,
     ) -> asyncio.Task[None]:
-        """Start one event's actions after the previous job of the same object."""
+        """Start one event's actions after the previous job of the same object.
+
+        `span` is the event's trace span (tracing on): the action spans become its children
+        and the job ends it, however late the job runs after the event was received.
+        """
         previous = self._chains.get(key)
-        task = asyncio.ensure_future(self._job(previous, actions, done))
+        task = asyncio.ensure_future(self._job(previous, actions, done, span))
         self._chains[key] = task
         self._jobs.add(task)
 
@@ -216,29 +223,52 @@ class Delivery:
         previous: asyncio.Task[None] | None,
         actions: list[PlannedAction],
         done: Callable[[], None],
+        span: Any = None,
     ) -> None:
-        if previous is not None:
-            await asyncio.wait({previous})  # its failure is its own: order, not fate
-        event = actions[0].event
-        # Every line logged about this event carries where it came from (a task's context).
-        structlog.contextvars.bind_contextvars(
-            partition_id=event.partition_id,
-            sequence_number=event.sequence_number,
-            event_id=event.id,
-            subject=event.subject,
-        )
-        for planned in actions:
-            await self.run_one(planned)
-        done()
+        results: list[str] = []
+        try:
+            if previous is not None:
+                await asyncio.wait({previous})  # its failure is its own: order, not fate
+            event = actions[0].event
+            # Every line logged about this event carries where it came from (a task's context).
+            structlog.contextvars.bind_contextvars(
+                partition_id=event.partition_id,
+                sequence_number=event.sequence_number,
+                event_id=event.id,
+                subject=event.subject,
+            )
+            for planned in actions:
+                results.append(await self.run_one(planned, parent=span))
+            done()
+        finally:
+            if span is not None:
+                tracing.end_event(span, results)
 
-    async def run_one(self, planned: PlannedAction) -> str:
-        """Run one action to its end: 'done', 'skipped' (ledger) or 'dead_lettered'."""
+    async def run_one(self, planned: PlannedAction, *, parent: Any = None) -> str:
+        """Run one action to its end: 'done', 'skipped' (ledger) or 'dead_lettered'.
+
+        With tracing on, the run is one span (a child of `parent`, the event's span), current
+        while the executor runs so that the SDK calls it makes nest under it.
+        """
+        if not tracing.enabled():
+            return await self._run_one(planned, None)
+        span = tracing.start_action(planned, parent)
+        with tracing.activated(span):
+            try:
+                return await self._run_one(planned, span)
+            except BaseException:
+                span.end()  # cancelled (shutdown): still `pending` in the saved state
+                raise
+
+    async def _run_one(self, planned: PlannedAction, span: Any) -> str:
         if (
             self.ledger is not None
             and planned.action.type in LEDGER_TYPES
             and planned.key in self.ledger
         ):
             self.on_result("skipped", planned, "")
+            if span is not None:
+                tracing.action_done(span, "skipped", 0)
             return "skipped"
         executor = self.executors[planned.action.type]
         attempts = 0
@@ -246,6 +276,8 @@ class Delivery:
             params = reveal(planned.params, self.environ)
         except RenderError as exc:
             await self._give_up(planned, str(exc), attempts)
+            if span is not None:
+                tracing.action_done(span, "dead_lettered", 0, str(exc), "render_error")
             return "dead_lettered"
         retry = planned.action.retry
 
@@ -260,6 +292,8 @@ class Delivery:
             error = state.outcome.exception() if state.outcome else None
             if self.metrics is not None:
                 self.metrics.retries.labels(planned.action.type).inc()
+            if span is not None:
+                tracing.action_retry(span, state.attempt_number, _describe(error or Exception()))
             log.debug(
                 "action_retry",
                 rule=planned.rule,
@@ -285,6 +319,8 @@ class Delivery:
             raise
         except Exception as exc:  # after the last attempt, or a permanent error
             await self._give_up(planned, _describe(exc), attempts)
+            if span is not None:
+                tracing.action_done(span, "dead_lettered", attempts, _describe(exc), _kind(exc))
             return "dead_lettered"
         if self.ledger is not None and planned.action.type in LEDGER_TYPES:
             await self._record(planned)
@@ -297,6 +333,8 @@ class Delivery:
             **(facts or {}),
         )
         self.on_result("done", planned, "")
+        if span is not None:
+            tracing.action_done(span, "done", attempts)
         return "done"
 
     async def _attempt(
@@ -359,6 +397,13 @@ class Delivery:
             },
         )
         self.on_result("dead_lettered", planned, error)
+
+
+def _kind(exc: BaseException) -> str:
+    """A low-cardinality error class for traces (`error.type`)."""
+    if isinstance(exc, ActionError):
+        return "retries_exhausted" if exc.retryable else "permanent_error"
+    return type(exc).__qualname__
 
 
 def _describe(exc: BaseException) -> str:

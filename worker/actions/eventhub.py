@@ -3,6 +3,11 @@
 The partition key defaults to the subject so that per-object order is kept downstream. Each
 message carries the idempotency key as an application property, so a downstream consumer
 can dedupe too; on our side the action is ledger-protected (see `worker.delivery`).
+
+Tracing: the send runs under the action's span, so with azure-core's OpenTelemetry plugin on
+(`worker.tracing` switches it on) the SDK itself stamps each message with `traceparent` and
+`Diagnostic-Id` of its "EventHubs.message" span, a child of the action span — we add nothing,
+or the SDK's values would be doubled. Without the plugin we stamp the action span's context.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from worker import tracing
 from worker.errors import ActionError
 from worker.plan import PlannedAction
 from worker.settings import Settings
@@ -82,6 +88,8 @@ class EventHubExecutor:
         partition_key = params.get("partition_key", planned.event.subject) or None
         properties = {str(k): v for k, v in (params.get("properties") or {}).items()}
         properties[IDEMPOTENCY_PROPERTY] = planned.key
+        if tracing.enabled() and not tracing.azure_sdk_traced():
+            properties.update(tracing.message_properties())
         producer = self._producer(params)
         try:
             batch = await producer.create_batch(partition_key=partition_key)

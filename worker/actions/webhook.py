@@ -27,6 +27,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 import worker
+from worker import tracing
 from worker.actions import parse_retry_after
 from worker.errors import ActionError
 from worker.events import Event, Schema, iso_ticks
@@ -271,6 +272,36 @@ class WebhookExecutor:
             digest = hmac.new(secret.encode(), body or b"", hashlib.sha256).hexdigest()
             headers[SIGNATURE_HEADER] = f"sha256={digest}"
 
+        if not tracing.enabled():
+            return await self._send(
+                method, url, body, headers, timeout_s, params, shown, redact, None
+            )
+        # One HTTP client span per attempt; the request carries its `traceparent`.
+        span = tracing.start_http_client(method, shown_url, headers)
+        try:
+            return await self._send(
+                method, url, body, headers, timeout_s, params, shown, redact, span
+            )
+        except BaseException as exc:
+            tracing.http_failed(span, exc)
+            raise
+        finally:
+            span.end()
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: CIMultiDict[str],
+        timeout_s: float,
+        params: Any,
+        shown: Any,
+        redact: Redactor,
+        span: Any,
+    ) -> dict[str, Any]:
+        shown_url = shown["url"]
+        what = f"webhook {method} {shown_url}"
         phase = "sending the request"
         try:
             async with asyncio.timeout(timeout_s):
@@ -285,6 +316,8 @@ class WebhookExecutor:
                     method, url, data=body, headers=headers, allow_redirects=False
                 ) as response:
                     status = response.status
+                    if span is not None:
+                        tracing.http_status(span, status)
                     phase = "reading the response"
                     if 200 <= status < 300:
                         await _read_at_most(response, _DRAIN_LIMIT_BYTES)
