@@ -46,4 +46,4 @@ image-check:
 	bash scripts/image-check.sh
 
 clean:
-	rm -rf $(VENV) node_modules .demo .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) node_modules .demo .pytest_cache .ruff_cache .hypothesis .image-cache
