@@ -125,6 +125,18 @@ def producer_client(settings: Settings, connection_string: str | None = None) ->
     raise ConfigError("no Event Hub configured (connection string or namespace + name)")
 
 
+# The storage SDK's default retries (15 s initial backoff, 3 retries) make one failing call
+# take over a minute: a partition then waits inside a save, and readiness cannot say why.
+# Fail within seconds instead; every caller retries on its own schedule (saves next interval,
+# dead letters and ledger entries until they land).
+STORAGE_RETRY = {
+    "retry_total": 2,
+    "initial_backoff": 1,
+    "increment_base": 2,
+    "connection_timeout": 5,
+}
+
+
 def blob_container(settings: Settings) -> Any:
     from azure.storage.blob.aio import ContainerClient
 
@@ -132,14 +144,14 @@ def blob_container(settings: Settings) -> Any:
     if settings.checkpoint_store_connection_string is not None:
         conn = settings.checkpoint_store_connection_string.get_secret_value()
         try:
-            return ContainerClient.from_connection_string(conn, container)
+            return ContainerClient.from_connection_string(conn, container, **STORAGE_RETRY)
         except (ValueError, TypeError) as exc:
             raise ConfigError(
                 f"AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING is invalid: {exc}"
             ) from None
     if settings.checkpoint_store_url:
         return ContainerClient(
-            settings.checkpoint_store_url, container, default_credential(settings)
+            settings.checkpoint_store_url, container, default_credential(settings), **STORAGE_RETRY
         )
     raise ConfigError(
         "no checkpoint storage configured: set AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING "
@@ -153,10 +165,10 @@ def checkpoint_store(settings: Settings) -> Any:
     container = settings.checkpoint_container
     if settings.checkpoint_store_connection_string is not None:
         conn = settings.checkpoint_store_connection_string.get_secret_value()
-        return BlobCheckpointStore.from_connection_string(conn, container)
+        return BlobCheckpointStore.from_connection_string(conn, container, **STORAGE_RETRY)
     assert settings.checkpoint_store_url
     return BlobCheckpointStore(
-        settings.checkpoint_store_url, container, default_credential(settings)
+        settings.checkpoint_store_url, container, default_credential(settings), **STORAGE_RETRY
     )
 
 
