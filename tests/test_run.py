@@ -202,6 +202,7 @@ def test_health_readiness_and_metrics_over_http(env, tmp_path):
     metrics that dashboards and alerts query."""
     import urllib.request
 
+    env.env["AML_WORKER_STALL_TIMEOUT"] = "8"  # lag is polled every 2 s
     env.send(stream(tmp_path / "s.jsonl", 50, poison=2))
     worker = env.start(rules_file(tmp_path))
     worker.wait_for(lambda: any(line["event"] == "http_listening" for line in worker.lines()))
@@ -218,7 +219,7 @@ def test_health_readiness_and_metrics_over_http(env, tmp_path):
     assert get("/healthz")[0] == 200
     status, body = get("/readyz")
     assert status == 200, body
-    time.sleep(6)  # one lag poll
+    time.sleep(3)  # one lag poll
     _, metrics = get("/metrics")
     for expected in (
         'aml_worker_events_total{outcome="matched"} 50.0',
