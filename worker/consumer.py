@@ -107,6 +107,7 @@ class PartitionWorker:
         self.received = -1  # highest sequence number the hub delivered to us
         self.unread = 0  # events enqueued past `received` (from the lag watcher)
         self.reconnected_at = 0.0
+        self.closed = asyncio.Event()  # set once close() has saved (or given up)
         # Tracing on: what the spans of each received message's events need (worker.tracing).
         self.traces = tracing.message_traces(
             partition_id,
@@ -185,12 +186,13 @@ class PartitionWorker:
             on_result=self.consumer.count_result,
             metrics=self.consumer.metrics,
         )
-        # A snapshot claims the state blob for this owner (fencing the old one) before any
-        # action runs; StateFenced here restarts the start.
-        await self.save(force=True, snapshot=True, during_start=True)
         # Events whose actions were in flight when the previous owner saved: run them again
-        # (same idempotency keys; the ledger and the targets keep them from repeating).
+        # (same idempotency keys; the ledger and the targets keep them from repeating). They
+        # are registered before the start snapshot so that it lists them as pending: the
+        # sequencer already knows them, so a state without them would lose them for good if
+        # this owner died before they finished.
         pending = records[-1].get("pending", []) if records else []
+        restored = []
         for item in pending:
             event = restore_event(item["raw"], Origin.from_dict(item["origin"]), item["ticks"])
             if item.get("late"):
@@ -202,7 +204,14 @@ class PartitionWorker:
             seq = event.origin.sequence_number
             if seq is not None and seq > floor:
                 progress.hold(seq)
-            self._submit(event, [r.name for r in rules], actions)
+            restored.append((event, [r.name for r in rules], actions))
+        self.inflight = {}
+        tokens = [self._register(event, names) for event, names, _ in restored]
+        # A snapshot claims the state blob for this owner (fencing the old one) before any
+        # action runs; StateFenced here restarts the start.
+        await self.save(force=True, snapshot=True, during_start=True)
+        for token, (event, _, actions) in zip(tokens, restored, strict=True):
+            self._start_job(token, event, actions)
         self.log.info(
             "partition_started",
             checkpoint=committed.sequence_number if committed else None,
@@ -212,18 +221,35 @@ class PartitionWorker:
         )
 
     async def _await_handover(self) -> StateHandle:
-        """Wait (bounded) for a live previous owner to mark its final state `released`."""
+        """Wait (bounded) for a live previous owner to mark its final state `released`.
+
+        A live owner notices the loss within one load-balancing interval and then drains for
+        up to the shutdown timeout: the wait covers both, or both owners would run the same
+        pending actions. A state saved longer ago than the ownership expiry minus one
+        load-balancing interval belongs to an owner that is dead (the SDK only takes over
+        an expired ownership) or idle (nothing in flight), so there is nothing to wait for.
+        """
         settings = self.consumer.settings
-        deadline = time.monotonic() + min(
-            settings.ownership_expiry, 2 * settings.load_balancing_interval + 2
-        )
         handle = await self.store.load_state(self.partition_id)
+        last = handle.last
+        if last is None or last.get("released"):
+            return handle
+        quiet_after = max(
+            settings.ownership_expiry - settings.load_balancing_interval,
+            settings.checkpoint_interval,
+        )
+        if _age_s(last.get("saved_at")) >= quiet_after:
+            self.log.info("handover_previous_owner_gone", previous_owner=last.get("owner"))
+            return handle
+        deadline = time.monotonic() + (
+            settings.load_balancing_interval + settings.shutdown_timeout + 5
+        )
         while True:
             last = handle.last
             if last is None or last.get("released"):
                 return handle
             if time.monotonic() >= deadline:
-                self.log.info("handover_timeout", previous_owner=last.get("owner"))
+                self.log.warning("handover_timeout", previous_owner=last.get("owner"))
                 return handle
             await asyncio.sleep(0.2)
             handle = await self.store.load_state(self.partition_id)
@@ -258,6 +284,12 @@ class PartitionWorker:
 
     async def close(self, *, release: bool, flush: bool) -> None:
         """Stop cleanly: finish the batch in hand, optionally release held events, save."""
+        try:
+            await self._close(release=release, flush=flush)
+        finally:
+            self.closed.set()
+
+    async def _close(self, *, release: bool, flush: bool) -> None:
         deadline = time.monotonic() + self.consumer.settings.shutdown_timeout
         if self.busy is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -335,17 +367,32 @@ class PartitionWorker:
     def _submit(
         self, event: Any, rules: list[str], actions: list[PlannedAction], span: Any = None
     ) -> None:
-        seq = event.origin.sequence_number
         if not actions:
+            seq = event.origin.sequence_number
             if seq is not None:
                 self.progress.finished(seq)
             if span is not None:
                 tracing.end_event(span, [])
             return
-        assert self.delivery is not None
+        self._start_job(self._register(event, rules), event, actions, span)
+
+    def _register(self, event: Any, rules: list[str]) -> int:
+        """An event with actions to run: pending in every save until its job ends."""
         token = self._next_job
         self._next_job += 1
         self.inflight[token] = (event, rules)
+        return token
+
+    def _start_job(
+        self, token: int, event: Any, actions: list[PlannedAction], span: Any = None
+    ) -> None:
+        assert self.delivery is not None
+        seq = event.origin.sequence_number
+        if not actions:  # restored with rules that no longer plan anything
+            self.inflight.pop(token, None)
+            if seq is not None:
+                self.progress.finished(seq)
+            return
 
         def done() -> None:
             self.inflight.pop(token, None)
@@ -465,6 +512,14 @@ def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
+def _age_s(saved_at: Any) -> float:
+    """Seconds since an ISO `saved_at` (0 when missing or unreadable: assume recent)."""
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(saved_at)).total_seconds()
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def origin_of(event_data: Any, partition_id: str) -> tuple[Origin, bytes]:
     """An SDK EventData as (Origin, body bytes): the one place that reads SDK events."""
     properties = event_data.properties or {}
@@ -526,6 +581,7 @@ class Consumer:
         self.started_at = time.monotonic()
         self.latest: dict[str, Mark] = {}  # `latest` start positions pinned at start-up
         self.workers: dict[str, PartitionWorker] = {}
+        self._closing: dict[str, PartitionWorker] = {}  # closes still running
         self.client: Any = None
         self.store: BlobPartitionStore = None  # type: ignore[assignment]
         self._stop = asyncio.Event()
@@ -723,8 +779,20 @@ class Consumer:
                 "partition_reconnect_backoff", partition_id=context.partition_id, delay_s=delay
             )
             await asyncio.sleep(delay)
-        worker = PartitionWorker(self, context.partition_id)
-        self.workers[context.partition_id] = worker
+        pid = context.partition_id
+        previous = self.workers.get(pid) or self._closing.get(pid)
+        if previous is not None:
+            # The SDK can start a partition again while the close of its previous start is
+            # still running (a cancelled task's shielded clean-up): one worker per partition
+            # at a time, or both would run the same events.
+            log.info("partition_restart_waits_for_close", partition_id=pid)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(previous.closed.wait(), self.settings.shutdown_timeout + 15)
+            if self.workers.get(pid) is previous:  # its close never came: close it here
+                self.workers.pop(pid)
+                await previous.close(release=True, flush=False)
+        worker = PartitionWorker(self, pid)
+        self.workers[pid] = worker
         self.metrics.owned.set(len(self.workers))
         self.stats.partitions.add(context.partition_id)
         await worker.ensure_started()
@@ -746,7 +814,12 @@ class Consumer:
             return
         self.metrics.forget_partition(context.partition_id)  # its new owner reports it now
         flush = self._stop.is_set() and self.stop_when_idle is not None
-        await worker.close(release=True, flush=flush)
+        self._closing[context.partition_id] = worker
+        try:
+            await worker.close(release=True, flush=flush)
+        finally:
+            if self._closing.get(context.partition_id) is worker:
+                del self._closing[context.partition_id]
         log.info(
             "partition_lost" if "LOST" in str(reason) else "partition_stopped",
             partition_id=context.partition_id,
