@@ -225,9 +225,11 @@ class PartitionWorker:
 
         A live owner notices the loss within one load-balancing interval and then drains for
         up to the shutdown timeout: the wait covers both, or both owners would run the same
-        pending actions. A state saved longer ago than the ownership expiry minus one
-        load-balancing interval belongs to an owner that is dead (the SDK only takes over
-        an expired ownership) or idle (nothing in flight), so there is nothing to wait for.
+        pending actions. A state with nothing pending, saved longer ago than the ownership
+        expiry minus one load-balancing interval, belongs to an owner that is dead (the SDK
+        only takes over an expired ownership) or idle (anything new would have been saved
+        within the checkpoint interval): there is nothing to wait for. With actions pending
+        the old owner may still be draining them, so the new one waits.
         """
         settings = self.consumer.settings
         handle = await self.store.load_state(self.partition_id)
@@ -238,7 +240,7 @@ class PartitionWorker:
             settings.ownership_expiry - settings.load_balancing_interval,
             settings.checkpoint_interval,
         )
-        if _age_s(last.get("saved_at")) >= quiet_after:
+        if not last.get("pending") and _age_s(last.get("saved_at")) >= quiet_after:
             self.log.info("handover_previous_owner_gone", previous_owner=last.get("owner"))
             return handle
         deadline = time.monotonic() + (
@@ -650,6 +652,21 @@ class Consumer:
             and now - worker.last_event_at > timeout
         ]
 
+    def orphaned_partitions(self) -> list[str]:
+        """Started partitions the SDK no longer receives (no live receive task)."""
+        processors = list(getattr(self.client, "_event_processors", {}).values())
+        if not processors:
+            return []
+        live = {
+            pid
+            for processor in processors
+            for pid, task in getattr(processor, "_tasks", {}).items()
+            if not task.done()
+        }
+        return [
+            pid for pid, w in self.workers.items() if w.pipeline is not None and pid not in live
+        ]
+
     def reconnect(self, partition_id: str) -> bool:
         """Drop a stalled partition's receiver so the SDK claims it again on a new link.
 
@@ -741,6 +758,13 @@ class Consumer:
                 self.metrics.lag.labels(pid).set(worker.lag)
                 age = time.monotonic() - worker.checkpoint_moved_at
                 self.metrics.checkpoint_age.labels(pid).set(age if worker.lag else 0)
+            for pid in self.orphaned_partitions():
+                # Its receive task is gone but no close came: stop its actions and hand over.
+                worker = self.workers.pop(pid, None)
+                if worker is not None:
+                    log.warning("partition_closed_without_sdk_close", partition_id=pid)
+                    self.metrics.forget_partition(pid)
+                    await worker.close(release=True, flush=False)
             stalled = self.stalled_partitions()
             self.metrics.stalled.set(len(stalled))
             now = time.monotonic()
@@ -873,6 +897,18 @@ class Consumer:
             await asyncio.wait_for(client.close(), self.settings.shutdown_timeout + 15)
         except TimeoutError:
             log.error("shutdown_timeout", left=sorted(self.workers))
+        # The SDK does not always call on_partition_close (a receive task cancelled while
+        # its consumer was being replaced skips it): close what is left here, before the
+        # executors go, or its in-flight actions would fail against closed clients.
+        flush = self.stop_when_idle is not None
+        for pid in list(self.workers):
+            worker = self.workers.pop(pid, None)
+            if worker is not None:
+                log.warning("partition_closed_without_sdk_close", partition_id=pid)
+                await worker.close(release=True, flush=flush)
+        for worker in list(self._closing.values()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.closed.wait(), self.settings.shutdown_timeout)
         lag_watcher.cancel()
         reloader.cancel()
         for task in (receiving, stopping, watcher, lag_watcher, reloader):

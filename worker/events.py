@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "MISSING",
     "Event",
@@ -23,11 +25,14 @@ __all__ = [
     "Rejection",
     "Schema",
     "decode_body",
+    "fold_topic",
+    "fold_type",
     "lookup_data",
     "parse_time",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
 
 
 class Schema(StrEnum):
@@ -125,11 +130,11 @@ class Event:
     @property
     def topic_key(self) -> str:
         """Topics are ARM ids, which Azure re-cases at will: compare them case-folded."""
-        return self.topic.casefold()
+        return fold_topic(self.topic)
 
     @property
     def object_key(self) -> tuple[str, str]:
-        return (self.topic_key, self.subject)
+        return (fold_topic(self.topic), self.subject)
 
     @property
     def partition_id(self) -> str:
@@ -172,6 +177,35 @@ class Rejection:
         return f"{where}: {self.reason}"
 
 
+_FOLDED_TOPICS: dict[str, str] = {}
+
+
+def fold_topic(topic: str) -> str:
+    """`topic.casefold()`, memoised: a partition carries a handful of topics, and every id the
+    dedupe memory holds then shares one folded string instead of a copy of its own."""
+    folded = _FOLDED_TOPICS.get(topic)
+    if folded is None:
+        folded = topic.casefold()
+        if len(_FOLDED_TOPICS) >= 4096:
+            _FOLDED_TOPICS.clear()
+        _FOLDED_TOPICS[topic] = folded
+    return folded
+
+
+_FOLDED_TYPES: dict[str, str] = {}
+
+
+def fold_type(event_type: str) -> str:
+    """`event_type.casefold()`, memoised: a stream has a handful of event types."""
+    folded = _FOLDED_TYPES.get(event_type)
+    if folded is None:
+        folded = event_type.casefold()
+        if len(_FOLDED_TYPES) >= 4096:
+            _FOLDED_TYPES.clear()
+        _FOLDED_TYPES[event_type] = folded
+    return folded
+
+
 # --- time -------------------------------------------------------------------------------
 
 _TIME_RE = re.compile(
@@ -180,12 +214,65 @@ _TIME_RE = re.compile(
 )
 
 
+# The form Event Grid writes (RFC 3339 in UTC); anything else takes the general path below.
+_UTC_TIME_RE = re.compile(
+    r"(\d{4}-\d\d-\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:Z|\+00:00)\Z", re.ASCII
+)
+_day_seconds: dict[str, int] = {}  # "YYYY-MM-DD" → its midnight in seconds since the epoch
+
+
+_seconds_of: dict[str, tuple[int, datetime]] = {}  # "YYYY-MM-DDTHH:MM:SS" → (ticks, time)
+_ASCII_DIGITS = frozenset("0123456789")
+
+
+def _parse_utc(text: str) -> tuple[datetime, int] | None:
+    """`YYYY-MM-DDTHH:MM:SS[.f…]Z` (or `+00:00`), or None: the general parser then decides
+    and words the error. Same result as the general path, at a fraction of its cost: the
+    events of one second share their (validated) first 19 characters, looked up here."""
+    known = _seconds_of.get(text[:19])
+    if known is not None:
+        rest = text[19:]
+        if rest == "Z" or rest == "+00:00":
+            return known[1], known[0]
+        if rest[:1] == ".":
+            digits = rest[1:-1] if rest[-1:] == "Z" else rest[1:-6] if rest[-6:] == "+00:00" else ""
+            if digits and _ASCII_DIGITS.issuperset(digits):
+                fraction = int(digits[:7].ljust(7, "0"))
+                return known[1].replace(microsecond=fraction // 10), known[0] + fraction
+        return None
+    match = _UTC_TIME_RE.match(text)
+    if match is None:
+        return None
+    day, hour, minute, second, _ = match.groups()
+    midnight = _day_seconds.get(day)
+    if midnight is None:
+        try:
+            ordinal = datetime(int(day[:4]), int(day[5:7]), int(day[8:])).toordinal()
+        except ValueError:
+            return None
+        if len(_day_seconds) >= 4096:
+            _day_seconds.clear()
+        midnight = _day_seconds[day] = (ordinal - _EPOCH_ORDINAL) * 86_400
+    h, m, sec = int(hour), int(minute), int(second)
+    if h > 23 or m > 59 or sec > 59:
+        return None
+    ticks = (midnight + h * 3600 + m * 60 + sec) * 10_000_000
+    if len(_seconds_of) >= 4096:
+        _seconds_of.clear()
+    _seconds_of[text[:19]] = (ticks, _EPOCH + timedelta(microseconds=ticks // 10))
+    return _parse_utc(text)
+
+
 def parse_time(text: str) -> tuple[datetime, int]:
     """Parse an ISO 8601 / RFC 3339 time into (aware UTC datetime, 100 ns ticks).
 
     Up to seven fractional digits are kept exactly (more are truncated); any offset is
     accepted and a missing one is read as UTC. Raises ValueError with a plain message.
     """
+    if type(text) is str:
+        fast = _parse_utc(text)
+        if fast is not None:
+            return fast
     match = _TIME_RE.match(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"not an ISO 8601 time: {text!r}")
@@ -216,14 +303,31 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+_day_text: dict[int, str] = {}  # days since the epoch → "YYYY-MM-DDT" (memo)
+
+
 def iso_ticks(ticks: int) -> str:
     """Render ticks as RFC 3339 UTC with seven fractional digits (Event Grid's own form)."""
     seconds, fraction = divmod(ticks, 10_000_000)
-    moment = _EPOCH + timedelta(seconds=seconds)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:07d}Z"
+    day, second = divmod(seconds, 86_400)
+    prefix = _day_text.get(day)
+    if prefix is None:
+        prefix = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+        if len(_day_text) >= 4096:
+            _day_text.clear()
+        _day_text[day] = prefix
+    hour, second = divmod(second, 3600)
+    minute, second = divmod(second, 60)
+    return f"{prefix}{hour:02d}:{minute:02d}:{second:02d}.{fraction:07d}Z"
 
 
 # --- decoding -----------------------------------------------------------------------------
+
+# msgspec decodes standard JSON to the same values as `json.loads` (big integers included)
+# at 2-3x its speed; what it refuses — NaN, Infinity, lone surrogate escapes, numbers out of
+# float range, bad UTF-8, malformed JSON — falls back to `json.loads`, which keeps the
+# standard library's answer and its error messages.
+_fast_decode = msgspec.json.Decoder().decode
 
 _EG_REQUIRED = ("id", "subject", "eventType", "eventTime")
 _CE_REQUIRED = ("id", "source", "specversion", "type")
@@ -245,17 +349,20 @@ def decode_body(
     """
     raw_bytes = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     try:
-        text = raw_bytes.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        reason = f"body is not UTF-8 ({exc.reason} at byte {exc.start})"
-        return [], [Rejection(reason, origin, body=raw_bytes)]
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        reason = f"body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        return [], [Rejection(reason, origin, body=raw_bytes)]
-    except RecursionError:
-        return [], [Rejection("body is not JSON (nested too deeply)", origin, body=raw_bytes)]
+        document = _fast_decode(raw_bytes)
+    except Exception:  # not plain JSON for msgspec: the standard library decides and explains
+        try:
+            text = raw_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            reason = f"body is not UTF-8 ({exc.reason} at byte {exc.start})"
+            return [], [Rejection(reason, origin, body=raw_bytes)]
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            reason = f"body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            return [], [Rejection(reason, origin, body=raw_bytes)]
+        except RecursionError:
+            return [], [Rejection("body is not JSON (nested too deeply)", origin, body=raw_bytes)]
 
     if default_time is None and origin.enqueued_time is not None:
         default_time = (origin.enqueued_time, ticks_of(origin.enqueued_time))
@@ -299,6 +406,42 @@ def _decode_one(
 
 
 def _decode_eventgrid(obj: dict[str, Any], origin: Origin) -> Event | str:
+    # The usual event, in one pass; anything unusual takes the checking path below, which
+    # decides the same way for a well-formed event and words what is wrong otherwise.
+    event_id = obj.get("id")
+    subject = obj.get("subject")
+    event_type = obj.get("eventType")
+    event_time = obj.get("eventTime")
+    topic = obj.get("topic", "")
+    data_version = obj.get("dataVersion", "")
+    if (
+        type(event_id) is str
+        and type(subject) is str
+        and type(event_type) is str
+        and type(event_time) is str
+        and type(topic) is str
+        and type(data_version) is str
+    ):
+        parsed = _parse_utc(event_time)
+        if parsed is not None:
+            return Event(
+                event_id,
+                topic,
+                subject,
+                event_type,
+                parsed[0],
+                parsed[1],
+                obj.get("data"),
+                data_version,
+                Schema.EVENTGRID,
+                {},
+                origin,
+                obj,
+            )
+    return _check_eventgrid(obj, origin)
+
+
+def _check_eventgrid(obj: dict[str, Any], origin: Origin) -> Event | str:
     missing = [name for name in _EG_REQUIRED if name not in obj]
     if missing:
         return f"Event Grid event lacks required {_names(missing)}"
@@ -334,6 +477,45 @@ def _decode_eventgrid(obj: dict[str, Any], origin: Origin) -> Event | str:
 
 
 def _decode_cloudevent(
+    obj: dict[str, Any], origin: Origin, default_time: tuple[datetime, int] | None
+) -> Event | str:
+    # As for Event Grid: the usual event in one pass, anything else through the checks.
+    event_id = obj.get("id")
+    source = obj.get("source")
+    event_type = obj.get("type")
+    subject = obj.get("subject", "")
+    event_time = obj.get("time")
+    if (
+        type(event_id) is str
+        and type(source) is str
+        and type(event_type) is str
+        and type(obj.get("specversion")) is str
+        and type(subject) is str
+        and type(event_time) is str
+    ):
+        parsed = _parse_utc(event_time)
+        if parsed is not None:
+            data = obj["data"] if "data" in obj else obj.get("data_base64")
+            extensions = {k: v for k, v in obj.items() if k not in _CE_KNOWN}
+            data_version = extensions.get("dataversion", "")
+            return Event(
+                event_id,
+                source,
+                subject,
+                event_type,
+                parsed[0],
+                parsed[1],
+                data,
+                data_version if isinstance(data_version, str) else "",
+                Schema.CLOUDEVENTS,
+                extensions,
+                origin,
+                obj,
+            )
+    return _check_cloudevent(obj, origin, default_time)
+
+
+def _check_cloudevent(
     obj: dict[str, Any], origin: Origin, default_time: tuple[datetime, int] | None
 ) -> Event | str:
     missing = [name for name in _CE_REQUIRED if name not in obj]
@@ -406,8 +588,13 @@ def lookup_key(mapping: Mapping[str, Any], key: str) -> Any:
     if key in mapping:
         return mapping[key]
     folded = key.casefold()
+    longest = len(folded)  # casefold never shortens a string: longer keys cannot match
     for candidate, value in mapping.items():
-        if isinstance(candidate, str) and candidate.casefold() == folded:
+        if (
+            isinstance(candidate, str)
+            and len(candidate) <= longest
+            and candidate.casefold() == folded
+        ):
             return value
     return MISSING
 

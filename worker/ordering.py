@@ -16,14 +16,23 @@ from __future__ import annotations
 import heapq
 import json
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import total_ordering
 from typing import Any
 
-from worker.events import Event, Origin, lookup_key, restore_event, ticks_of
+from worker.events import (
+    MISSING,
+    Event,
+    Origin,
+    fold_topic,
+    fold_type,
+    lookup_key,
+    restore_event,
+    ticks_of,
+)
 
 __all__ = ["OrderingConfig", "Released", "Sequencer", "sequencer_key"]
 
@@ -89,10 +98,33 @@ class _Padded:
 SeqKey = tuple[int, Any]  # (0, time ticks) or (1, _Padded): kinds never interleave
 
 
+# Which key of a data object lookup_key(data, "sequencer") finds when none is spelled exactly
+# so, per layout (the object's keys, in order): the events of one type share a layout, and
+# one lookup of it is cheaper than case-folding its keys for every event.
+_SEQUENCER_IN: dict[tuple[str, ...], str | None] = {}
+_LAYOUT_MAX_KEYS = 32
+
+
+def _data_sequencer(data: dict[str, Any]) -> Any:
+    if "sequencer" in data:
+        return data["sequencer"]
+    if len(data) > _LAYOUT_MAX_KEYS:
+        return lookup_key(data, "sequencer")
+    layout = tuple(data)
+    name = _SEQUENCER_IN.get(layout, MISSING)
+    if name is MISSING:
+        name = next((k for k in layout if isinstance(k, str) and k.casefold() == "sequencer"), None)
+        if len(_SEQUENCER_IN) >= 4096:
+            _SEQUENCER_IN.clear()
+        _SEQUENCER_IN[layout] = name
+    return MISSING if name is None else data[name]
+
+
 def sequencer_key(event: Event) -> SeqKey:
     """`data.sequencer` when present, else the event time (DESIGN §4)."""
-    if isinstance(event.data, dict):
-        sequencer = lookup_key(event.data, "sequencer")
+    data = event.data
+    if isinstance(data, dict):
+        sequencer = _data_sequencer(data)
         if isinstance(sequencer, str | int) and not isinstance(sequencer, bool):
             return (1, _Padded(str(sequencer)))
     return (0, event.time_ticks)
@@ -118,6 +150,11 @@ class _Held:
         return (self.effective, self.arrival) < (other.effective, other.arrival)
 
 
+# The reorder heap holds (effective, arrival, held): tuples compare in C, and `arrival` is
+# unique, so a `_Held` itself is never compared there.
+_Entry = tuple[int, int, _Held]
+
+
 class Sequencer:
     """Dedupe and reorder state of one partition. Not thread-safe; one per partition."""
 
@@ -127,9 +164,12 @@ class Sequencer:
         self._window = config.window_ticks
         self._skew = config.max_skew_ticks
         self.max_time: int | None = None
-        self._seen: dict[tuple[str, str], int] = {}  # (topic key, id) → effective time
-        self._last: dict[tuple[str, str, str], tuple[SeqKey, int]] = {}
-        self._heap: list[_Held] = []
+        # Both are purged from the front as the window moves on. An OrderedDict, not a dict:
+        # a dict leaves a hole per deleted front entry until it resizes, so finding its first
+        # entry costs O(entries purged) and a purge per event made push O(window).
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()  # (topic key, id) → time
+        self._last: OrderedDict[tuple[str, str, str], tuple[SeqKey, int]] = OrderedDict()
+        self._heap: list[_Entry] = []
         self._arrivals: deque[_Held] = deque()
         self._counter = 0
         # Change tracking for deltas starts with the first snapshot (a file replay never
@@ -151,27 +191,33 @@ class Sequencer:
         return ticks
 
     def is_duplicate(self, event: Event) -> bool:
-        seen = self._seen.get((event.topic_key, event.id))
+        seen = self._seen.get((fold_topic(event.topic), event.id))
         return seen is not None and (self.max_time is None or seen >= self._cutoff())
 
     def push(self, event: Event, now: datetime | None = None) -> tuple[bool, list[Released]]:
         """Offer one decoded event: (is it a duplicate?, events released by its arrival)."""
-        if self.is_duplicate(event):
-            return True, []
+        key = (fold_topic(event.topic), event.id)
+        seen = self._seen
+        previous = seen.get(key)
+        if previous is not None:
+            if self.max_time is None or previous >= self.max_time - self._window:
+                return True, []
+            del seen[key]
         effective = self.effective_time(event)
-        key = (event.topic_key, event.id)
-        self._seen.pop(key, None)
-        self._seen[key] = effective
+        seen[key] = effective
         if self._tracking:
             self._dirty_seen[key] = None
         if self.max_time is None or effective > self.max_time:
             self.max_time = effective
         self._forget()
         held = _Held(effective, self._counter, event, ticks_of(now) if now else None)
+        heapq.heappush(self._heap, (effective, self._counter, held))
         self._counter += 1
-        heapq.heappush(self._heap, held)
         if held.arrived_at is not None:
             self._arrivals.append(held)
+        heap = self._heap
+        if heap[0][0] > self.max_time - self._grace:
+            return False, []
         return False, self._release_until(self.max_time - self._grace)
 
     def release_waited(self, now: datetime) -> list[Released]:
@@ -189,7 +235,7 @@ class Sequencer:
         came back without their arrival times, and a quiet partition must still release
         them (DESIGN §4)."""
         arrived = ticks_of(now)
-        for held in sorted(self._heap):
+        for _, _, held in sorted(self._heap):
             if held.arrived_at is None:
                 held.arrived_at = arrived
                 self._arrivals.append(held)
@@ -198,7 +244,7 @@ class Sequencer:
         """Release everything held, in order: the end of a finite source."""
         if not self._heap:
             return []
-        return self._release_until(max(h.effective for h in self._heap))
+        return self._release_until(max(entry[0] for entry in self._heap))
 
     # --- introspection ------------------------------------------------------------------
 
@@ -207,7 +253,7 @@ class Sequencer:
         return len(self._heap)
 
     def held_events(self) -> list[Event]:
-        return [h.event for h in sorted(self._heap)]
+        return [held.event for _, _, held in sorted(self._heap)]
 
     def remembers(self, event_id: str) -> bool:
         """Is this id (on any topic) in the dedupe memory? (`history`)"""
@@ -235,9 +281,10 @@ class Sequencer:
         """
         cutoff = self._cutoff()
         seen = self._seen
+        max_ids = self.config.max_ids
         while seen:
             oldest = next(iter(seen))
-            if seen[oldest] >= cutoff and len(seen) <= self.config.max_ids:
+            if seen[oldest] >= cutoff and len(seen) <= max_ids:
                 break
             del seen[oldest]
         last = self._last
@@ -250,30 +297,34 @@ class Sequencer:
     def _release_until(self, watermark: int) -> list[Released]:
         batch: list[_Held] = []
         heap = self._heap
-        while heap and heap[0].effective <= watermark:
-            held = heapq.heappop(heap)
+        while heap and heap[0][0] <= watermark:
+            held = heapq.heappop(heap)[2]
             held.released = True
             batch.append(held)
         if not batch:
             return []
-        return [self._judge(event) for event in _per_object_order(batch)]
+        if len(batch) == 1:
+            return [self._judge(batch[0].event, batch[0].effective)]
+        return [self._judge(h.event, h.effective) for h in _per_object_order(batch)]
 
-    def _judge(self, event: Event) -> Released:
+    def _judge(self, event: Event, effective: int) -> Released:
         """Stale = not newer than the last released event of its object and type.
 
         An event older than the dedupe window is stale too: its id and its object's last
         sequencer may already be forgotten, so it could be a redelivery we can no longer
         recognise, and repeating an action is worse than flagging it late.
         """
-        if self.max_time is not None and self.effective_time(event) < self._cutoff():
+        if self.max_time is not None and effective < self.max_time - self._window:
             return Released(event, late=True)
         seq = sequencer_key(event)
-        slot = (event.topic_key, event.subject, event.type.casefold())
-        previous = self._last.get(slot)
-        if previous is not None and not previous[0] < seq:
-            return Released(event, late=True)
-        self._last.pop(slot, None)
-        self._last[slot] = (seq, self.effective_time(event))
+        slot = (fold_topic(event.topic), event.subject, fold_type(event.type))
+        last = self._last
+        previous = last.get(slot)
+        if previous is not None:
+            if not previous[0] < seq:
+                return Released(event, late=True)
+            del last[slot]
+        last[slot] = (seq, effective)
         if self._tracking:
             self._dirty_last[slot] = None
         return Released(event, late=False)
@@ -333,7 +384,7 @@ class Sequencer:
                 "origin": h.event.origin.as_dict(),
                 "arrival": h.arrival,
             }
-            for h in sorted(self._heap)
+            for _, _, h in sorted(self._heap)
         ]
 
     @classmethod
@@ -362,7 +413,7 @@ class Sequencer:
             for item in record["held"]:
                 event = restore_event(item["raw"], Origin.from_dict(item["origin"]), item["ticks"])
                 held = _Held(sequencer.effective_time(event), item["arrival"], event, None)
-                heapq.heappush(sequencer._heap, held)
+                heapq.heappush(sequencer._heap, (held.effective, held.arrival, held))
         if sequencer.max_time is not None:
             sequencer._forget()
         sequencer._dirty_seen.clear()
@@ -379,18 +430,20 @@ class Sequencer:
         return cls.restore(config, [json.loads(zlib.decompress(data))])
 
 
-def _per_object_order(batch: list[_Held]) -> Iterable[Event]:
+def _per_object_order(batch: list[_Held]) -> list[_Held]:
     """Keep the batch's time order across objects, but each object's slots in sequencer order.
 
     With the event time as sequencer this is the identity; with `data.sequencer` it fixes
     objects whose times and sequencers disagree without reshuffling unrelated objects.
     """
     if len(batch) == 1:
-        return [batch[0].event]
+        return batch
     slots: dict[tuple[str, str], list[int]] = {}
     for position, held in enumerate(batch):
-        slots.setdefault(held.event.object_key, []).append(position)
-    result: list[Event] = [held.event for held in batch]
+        slots.setdefault((fold_topic(held.event.topic), held.event.subject), []).append(position)
+    if len(slots) == len(batch):
+        return batch
+    result = list(batch)
     for positions in slots.values():
         if len(positions) < 2:
             continue
@@ -398,5 +451,5 @@ def _per_object_order(batch: list[_Held]) -> Iterable[Event]:
             (batch[p] for p in positions), key=lambda h: (sequencer_key(h.event), h.arrival)
         )
         for position, held in zip(positions, members, strict=True):
-            result[position] = held.event
+            result[position] = held
     return result

@@ -9,7 +9,7 @@ count, and what the checkpoint logic uses to know that an event is finished.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -170,8 +170,8 @@ class PartitionPipeline:
         failures: list[RenderFailure] = []
         throttled = 0
         matched_any = False
-        context: dict[str, Any] | None = None
-        for rule in self.ruleset.rules:
+        context: Mapping[str, Any] | None = None
+        for rule in self.ruleset.rules_for(event.type):
             if item.late and self.ruleset.late_for(rule) is Late.DROP:
                 continue
             if not rule.filter.matches(event):

@@ -46,9 +46,15 @@ def dry_run(
     messages: Iterable[tuple[bytes, Origin]],
     plan: IO[str],
     dead_letters: IO[str],
+    *,
+    pipeline: PartitionPipeline | None = None,
 ) -> Summary:
-    """Run messages through one partition pipeline, writing plan lines and dead letters."""
-    pipeline = PartitionPipeline(ruleset)
+    """Run messages through one partition pipeline, writing plan lines and dead letters.
+
+    `pipeline` lets a caller (the bench) look at the state while the replay runs.
+    """
+    pipeline = pipeline or PartitionPipeline(ruleset)
+    write_plan = plan.write
 
     def write(step: Step) -> None:
         for rejection in step.rejections:
@@ -56,7 +62,7 @@ def dry_run(
             dead_letters.write(json_line(dead_letter_for_rejection(rejection)))
         for decision in step.decisions:
             for action in decision.actions:
-                plan.write(json_line(action.plan_line()))
+                write_plan(action.plan_json())
             for failure in decision.failures:
                 log.warning(
                     "render_error",

@@ -25,6 +25,7 @@ from ruamel.yaml.error import MarkedYAMLError
 from worker import filters
 from worker.durations import parse_duration
 from worker.errors import Problem, RulesError
+from worker.events import fold_topic, fold_type
 from worker.filters import AdvancedFilter, Filter, Operator
 from worker.templates import Template, compile_params, secret_names
 
@@ -99,6 +100,13 @@ class Action:
     concurrency: int | None = None
     line: int = 0
     files: Mapping[str, str] = field(default_factory=dict)  # path params, resolved
+    # Only strings (templates), integers, booleans and nulls in `params`: a plan line of this
+    # action is then encoded by msgspec byte for byte as json.dumps would (floats are not:
+    # msgspec writes 1e-07 as 1e-7).
+    plain_params: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plain_params", _plain_tree(self.params))
 
     @property
     def key_part(self) -> str:
@@ -133,8 +141,12 @@ class RuleSet:
     warnings: tuple[Problem, ...] = ()
     topic_keys: frozenset[str] = field(init=False)
     known_types: frozenset[str] | None = field(init=False)  # None: every type is known
+    _by_type: dict[str, tuple[Rule, ...]] = field(
+        init=False, repr=False, compare=False, default=None
+    )
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_type", {})
         object.__setattr__(self, "topic_keys", frozenset(t.casefold() for t in self.topics))
         types: set[str] | None = set()
         for rule in self.rules:
@@ -146,10 +158,23 @@ class RuleSet:
         object.__setattr__(self, "known_types", None if types is None else frozenset(types))
 
     def allows_topic(self, topic: str) -> bool:
-        return topic.casefold() in self.topic_keys
+        return fold_topic(topic) in self.topic_keys
 
     def knows_type(self, event_type: str) -> bool:
-        return self.known_types is None or event_type.casefold() in self.known_types
+        return self.known_types is None or fold_type(event_type) in self.known_types
+
+    def rules_for(self, event_type: str) -> tuple[Rule, ...]:
+        """The rules whose includedEventTypes admit `event_type`, in file order.
+
+        Every other rule fails on its first clause anyway; skipping them up front saves
+        evaluating the whole rule list for every event (memoised per type, bounded).
+        """
+        rules = self._by_type.get(event_type)
+        if rules is None:
+            rules = tuple(r for r in self.rules if r.filter.matches_type(event_type))
+            if len(self._by_type) < 1024:
+                self._by_type[event_type] = rules
+        return rules
 
     def late_for(self, rule: Rule) -> Late:
         return rule.late or self.ordering.late
@@ -963,6 +988,17 @@ class _Checker:
                 self.warn(where, message)
             else:
                 self.error(where, message)
+
+
+def _plain_tree(value: Any) -> bool:
+    """Strings, templates, integers, booleans, nulls, and maps (string keys) and lists of them."""
+    if value is None or isinstance(value, str | int | Template):  # bool is an int
+        return True
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _plain_tree(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain_tree(v) for v in value)
+    return False
 
 
 def _plain(value: Any) -> Any:

@@ -27,6 +27,6 @@ def read_jsonl(path: str | Path, *, partition_id: str = "") -> Iterator[tuple[by
     with handle:
         for number, line in enumerate(handle, start=1):
             body = line.rstrip(b"\r\n")
-            if not body.strip():
+            if not body or body.isspace():
                 continue
-            yield body, Origin(partition_id=partition_id, line=number)
+            yield body, Origin(partition_id, line=number)
