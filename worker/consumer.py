@@ -652,19 +652,26 @@ class Consumer:
             and now - worker.last_event_at > timeout
         ]
 
-    def orphaned_partitions(self) -> list[str]:
-        """Started partitions the SDK no longer receives (no live receive task)."""
+    def _receive_tasks(self) -> dict[str, asyncio.Task[Any]] | None:
+        """The SDK's receive task per partition, or None without an SDK processor. Private
+        to the SDK, which has no public handle for one partition's receiver."""
         processors = list(getattr(self.client, "_event_processors", {}).values())
         if not processors:
+            return None
+        tasks: dict[str, asyncio.Task[Any]] = {}
+        for processor in processors:
+            tasks.update(getattr(processor, "_tasks", {}))
+        return tasks
+
+    def orphaned_partitions(self) -> list[str]:
+        """Started partitions the SDK no longer receives (no live receive task)."""
+        tasks = self._receive_tasks()
+        if tasks is None:
             return []
-        live = {
-            pid
-            for processor in processors
-            for pid, task in getattr(processor, "_tasks", {}).items()
-            if not task.done()
-        }
         return [
-            pid for pid, w in self.workers.items() if w.pipeline is not None and pid not in live
+            pid
+            for pid, w in self.workers.items()
+            if w.pipeline is not None and (pid not in tasks or tasks[pid].done())
         ]
 
     def reconnect(self, partition_id: str) -> bool:
@@ -674,12 +681,11 @@ class Consumer:
         close path (our `_on_close` saves and releases the state, ownership is released) and
         the next load-balancing round claims the partition again from the checkpoint.
         """
-        for processor in getattr(self.client, "_event_processors", {}).values():
-            task = getattr(processor, "_tasks", {}).get(partition_id)
-            if task is not None and not task.done():
-                task.cancel()
-                return True
-        return False
+        task = (self._receive_tasks() or {}).get(partition_id)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
     async def _watch_rules(self) -> None:
         """Reload the rules file when it changes (a ConfigMap update swaps a symlink): the

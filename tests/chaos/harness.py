@@ -24,8 +24,7 @@ the peers below. The pieces, in the order an experiment uses them:
 - `Figures` + `write_result(...)`: the JSON result (bench/results/ in full mode, else tmp).
 - `Experiment`: one run end to end: SIGKILL-and-restart with the ledger window measured at
   each kill, `finish()` (wait for every key and checkpoint, SIGTERM, gather `Figures`),
-  `failures()` (the contract, as sentences) and `known_bugs()` (breaches with a reported
-  cause, for `pytest.xfail`).
+  `failures()` (the contract, as sentences).
 
 `SOAK` is true under `AML_WORKER_SOAK=full` (`make soak`); short forms run in `make test`.
 """
@@ -998,7 +997,7 @@ class Experiment:
             )
             unexpected["forward"] = sorted(set(forwarded) - stream.keys(FORWARD_ACTION))[:20]
             # Outside every kill window: is it a hand-over from a *live* owner that the new
-            # owner stopped waiting for (the known issue reported with these tests)?
+            # owner stopped waiting for (its drain overran the hand-over bound)?
             live_partitions = {p for p, _, alive in handovers if alive}
             outside = repeated - window
             subject_of = {k: subj for k, (subj, _) in stream.expected[FORWARD_ACTION].items()}
@@ -1057,18 +1056,6 @@ class Experiment:
             alive = previous is not None and killed_at.get(previous, float("inf")) > at
             found.append((str(line.get("partition_id")), at, alive))
         return found
-
-    def known_bugs(self, figures: Figures) -> list[str]:
-        """Contract breaches with a known, reported cause (xfail, not fail, while open)."""
-        repeats = figures.extra.get("ledger_repeats_after_live_handover_timeout", 0)
-        if not repeats:
-            return []
-        return [
-            f"{repeats} ledger-protected actions repeated after a hand-over from a live owner "
-            "timed out (worker/consumer.py `_await_handover` waits at most "
-            "min(ownership_expiry, 2 x load_balancing_interval + 2) s while the old owner "
-            "drains for up to shutdown_timeout): both owners ran the pending actions"
-        ]
 
     def failures(self, figures: Figures, *, ledger_repeats_allowed: bool = True) -> list[str]:
         """What broke the contract, as readable sentences (empty = all held)."""

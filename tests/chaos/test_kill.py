@@ -95,8 +95,6 @@ def test_sigkill_at_random_moments_loses_nothing_and_repeats_only_in_the_window(
     write_result(figures, tmp_path)
     assert figures.kills == KILLS
     assert experiment.failures(figures) == []
-    if bugs := experiment.known_bugs(figures):
-        pytest.xfail("; ".join(bugs))
 
 
 def _restored_pending(worker: Any) -> dict[str, int]:
@@ -129,10 +127,8 @@ def test_a_crash_right_after_a_restart_keeps_the_restored_pending_actions(
     tmp_path, chaos_env, chaos_hub, webhook_peer, forward_reader
 ):
     """Worker A dies with actions in flight; B restores them as `pending` and dies at once;
-    C must still run them. Pins down the loss the kill loop shows: the snapshot B writes
-    when it starts is taken before it resubmits the restored pending events, so it records
-    them as neither pending nor held (only as seen): C then drops their re-read copies as
-    duplicates and nobody runs them."""
+    C must still run them. B's start snapshot has to list them as pending (it once did not:
+    C then dropped their re-read copies as duplicates and nobody ran them)."""
     rules = chaos_rules(tmp_path)
     stream = build_stream(
         rules, events=96, chunks=1, objects=16, duplicate_rate=0, reorder_rate=0, stale_rate=0
@@ -169,10 +165,6 @@ def test_a_crash_right_after_a_restart_keeps_the_restored_pending_actions(
     figures.extra["restored_pending_by_b"] = restored
     figures.extra["state_after_b"] = {"partition": partition, "kind": kind, "pending": pending}
     write_result(figures, tmp_path, publish=False)
-    problems = experiment.failures(figures)
-    if problems and kind == "snapshot" and pending == 0:
-        pytest.xfail(
-            f"known issue: B restored {restored[partition]} pending events of partition "
-            f"{partition} but its start snapshot records 0; lost: {figures.lost}"
-        )
-    assert problems == []
+    # B's start snapshot must list what it restored as pending, or C would drop them.
+    assert not (kind == "snapshot" and pending == 0), (restored, kind, pending)
+    assert experiment.failures(figures) == []
