@@ -17,22 +17,64 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections import Counter
 from email import message_from_bytes
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiosmtpd.controller import Controller
 from azure.eventhub.aio import EventHubConsumerClient
 
-from tests.chaos.harness import WebhookPeer
 from tests.conftest import TOPIC, DevHubProcess, eg, free_port
 from tests.workers import Env
 from worker.plan import idempotency_key
 
 N = 200
 MAX_INFLIGHT = 4
+
+
+class WebhookPeer:
+    """An aiohttp receiver in its own thread; records every request."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests: list[dict[str, Any]] = []
+        self.status = 202  # what it answers; a test may switch it
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def receive(request: web.Request) -> web.Response:
+            body = await request.read()
+            self.requests.append({"headers": dict(request.headers), "body": body})
+            return web.Response(status=self.status)
+
+        app = web.Application()
+        app.router.add_post("/hook", receive)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self) -> WebhookPeer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def keys(self) -> Counter[str]:
+        return Counter(r["headers"]["Idempotency-Key"] for r in self.requests)
 
 
 class MailPeer:
@@ -126,7 +168,7 @@ def test_sigkill_with_every_network_action_loses_nothing(tmp_path, hub, forward_
         env.send(sample)
         first = env.start(rules)
         deadline = time.monotonic() + 60
-        while len(webhook.snapshot()) < N // 3 and time.monotonic() < deadline:
+        while len(webhook.requests) < N // 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         first.kill()
         second = env.start(rules, "--stop-when-idle", "3")
@@ -136,7 +178,7 @@ def test_sigkill_with_every_network_action_loses_nothing(tmp_path, hub, forward_
             return {idempotency_key(TOPIC, f"ev-{i}", "every", action) for i in range(N)}
 
         # Idempotent target: every key arrived; the peer dedupes repeats by key.
-        hooks = webhook.accepted()
+        hooks = webhook.keys()
         assert set(hooks) == keys("hook")
         # Ledger-protected: every message arrived; repeats only from the kill window.
         mails = Counter(m["Message-ID"].strip("<>").split("@")[0] for m in mail.messages)
