@@ -4,10 +4,17 @@ Templates are compiled once, when the rules file loads, so a syntax error is a l
 error and not a per-event surprise. A missing value at render time (`{{ data.nope }}`) is a
 `RenderError` for that one event and action, never a crash (StrictUndefined).
 
-`${NAME}` is swapped for an opaque marker before Jinja sees the string, so a secret's braces
-are never parsed as a template and the rendered result still says *where* a secret goes
-without containing it: `mask()` turns markers into `***` (plans, logs, dead-letters) and
-`reveal()` substitutes the environment's values only at the moment an action is sent.
+Secrets are structural, never in-band (DESIGN §3, §7). A template that names `${NAME}`
+renders to a `SecretText`: literal parts and `SecretRef`s, in order. `mask()` turns it into
+text with `***` (plans, logs, dead letters) and `reveal()` into text with the environment's
+values, only at the moment an action is sent. Plain strings are never searched for
+references: event data that looks like a reference or a marker stays that text.
+
+Inside Jinja the position of a reference has to survive rendering, so it travels as a
+marker: private-use characters around a per-process random nonce and the name. Event data
+cannot forge one: every value an expression outputs has its private-use marker characters
+escaped (`finalize`) before the output is split back into parts, the nonce is never
+written anywhere, and only the names the template itself declares are accepted.
 
 Most templates are text with `{{ data.key }}`-style references. Those also get a *direct*
 form, compiled at load: the references are looked up in the event itself, as Jinja would
@@ -19,12 +26,13 @@ missing or reaches a non-object — renders through Jinja, which stays the refer
 from __future__ import annotations
 
 import re
+import secrets as _random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from worker.events import MISSING, Event, lookup_key
@@ -35,6 +43,8 @@ __all__ = [
     "JSONObject",
     "Redactor",
     "RenderError",
+    "SecretRef",
+    "SecretText",
     "Template",
     "compile_params",
     "mask",
@@ -46,8 +56,24 @@ __all__ = [
 
 MASK = "***"
 SECRET_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"
-_MARK_RE = re.compile(f"{_MARK_OPEN}([A-Za-z_][A-Za-z0-9_]*){_MARK_CLOSE}")
+# Markers inside Jinja sources only (see the module docstring): open, nonce + name, close;
+# the escape character protects expression output.
+_MARK_OPEN, _MARK_CLOSE, _MARK_ESCAPE = "\ue000", "\ue001", "\ue002"
+_RESERVED = (_MARK_OPEN, _MARK_CLOSE, _MARK_ESCAPE)
+_NONCE = _random.token_hex(12)
+_MARK_RE = re.compile(f"{_MARK_OPEN}{_NONCE}([A-Za-z_][A-Za-z0-9_]*){_MARK_CLOSE}")
+# One pass over rendered output: an escaped character, or a marker.
+_SPLIT_RE = re.compile(
+    f"{_MARK_ESCAPE}([012])|{_MARK_OPEN}{_NONCE}([A-Za-z_][A-Za-z0-9_]*){_MARK_CLOSE}"
+)
+_UNESCAPE = {"0": _MARK_OPEN, "1": _MARK_CLOSE, "2": _MARK_ESCAPE}
+_ESCAPE_TABLE = str.maketrans(
+    {
+        _MARK_OPEN: _MARK_ESCAPE + "0",
+        _MARK_CLOSE: _MARK_ESCAPE + "1",
+        _MARK_ESCAPE: _MARK_ESCAPE + "2",
+    }
+)
 _JINJA_MARKERS = ("{{", "{%", "{#")
 # `{{ name.name… }}`, the one kind of expression the direct form renders.
 _REFERENCE_RE = re.compile(
@@ -55,11 +81,129 @@ _REFERENCE_RE = re.compile(
 )
 _ROOTS = frozenset({"event", "data", "rule"})
 
-_ENV = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+def _escape_markers(value: Any) -> Any:
+    """Jinja's `finalize` in templates with secrets: expression output can hold no marker."""
+    if type(value) is not str:
+        if value is None or type(value) in (int, bool, float):
+            return value
+        value = str(value)  # what Jinja would output (Markup stays Markup: a str subclass)
+    if value.isascii():
+        return value
+    return value.translate(_ESCAPE_TABLE)
+
+
+def _environment(*, html: bool, secrets: bool) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        undefined=StrictUndefined,
+        autoescape=html,  # HTML bodies: every value an expression outputs is escaped (§7)
+        keep_trailing_newline=True,
+        finalize=_escape_markers if secrets else None,
+    )
+
+
+_ENV = _environment(html=False, secrets=False)
+_HTML_ENV = _environment(html=True, secrets=False)
+_SECRET_ENV = _environment(html=False, secrets=True)
+_SECRET_HTML_ENV = _environment(html=True, secrets=True)
 
 
 class RenderError(Exception):
     """A template could not be rendered for one event (a per-event dead-letter)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A `${NAME}` the rules file wrote: replaced by the value only when an action is sent."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SecretText:
+    """Rendered text with secrets in it: literal parts and `SecretRef`s, in order.
+
+    It is not a `str` on purpose: code that would send or print it has to choose `masked()`
+    or `revealed()`, and `str()` / `repr()` give the masked form.
+    """
+
+    parts: tuple[str | SecretRef, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.name for p in self.parts if type(p) is SecretRef))
+
+    def masked(self) -> str:
+        return "".join(MASK if type(p) is SecretRef else p for p in self.parts)
+
+    def revealed(self, environ: Mapping[str, str]) -> str:
+        out: list[str] = []
+        for part in self.parts:
+            if type(part) is SecretRef:
+                value = environ.get(part.name)
+                if not value:
+                    state = "empty" if value == "" else "not set"
+                    raise RenderError(f"secret ${{{part.name}}} is {state} in the environment")
+                out.append(value)
+            else:
+                out.append(part)
+        return "".join(out)
+
+    def __str__(self) -> str:
+        return self.masked()
+
+    def __repr__(self) -> str:
+        return f"SecretText({self.masked()!r})"
+
+
+def _split_source(source: str) -> SecretText:
+    """A template without Jinja: its text and references, split once at load."""
+    parts: list[str | SecretRef] = []
+    position = 0
+    for match in SECRET_RE.finditer(source):
+        if match.start() > position:
+            parts.append(source[position : match.start()])
+        parts.append(SecretRef(match.group(1)))
+        position = match.end()
+    if position < len(source):
+        parts.append(source[position:])
+    return SecretText(tuple(parts))
+
+
+def _split_rendered(text: str, declared: frozenset[str]) -> SecretText:
+    """Rendered output of a template with secrets, back into parts (see module docstring)."""
+    parts: list[str | SecretRef] = []
+    literal: list[str] = []
+    position = 0
+    for match in _SPLIT_RE.finditer(text):
+        literal.append(text[position : match.start()])
+        position = match.end()
+        escaped, name = match.groups()
+        if escaped is not None:
+            literal.append(_UNESCAPE[escaped])
+            continue
+        if name not in declared:  # e.g. a filter block rewrote the name: never guess
+            raise RenderError(f"secret reference ${{{name}}} is not one the template declares")
+        if literal:
+            parts.append("".join(literal))
+            literal = []
+        parts.append(SecretRef(name))
+    literal.append(text[position:])
+    tail = "".join(literal)
+    if tail:
+        parts.append(tail)
+    return SecretText(tuple(parts))
+
+
+def _check_marker_positions(environment: SandboxedEnvironment, marked: str) -> None:
+    """References must sit in the template's text, not inside `{{ }}`/`{% %}`: only there
+    does the rendered output carry them as written (a reference inside an expression would
+    become data, e.g. a string constant, and be escaped like data)."""
+    for lineno, kind, value in environment.lex(marked):
+        if kind != "data" and _MARK_OPEN in value:
+            raise TemplateSyntaxError(
+                "a ${NAME} secret reference must be outside {{ }}, {% %} and {# #}", lineno
+            )
 
 
 # A direct template: literal text (str) and references (a tuple of names), in order.
@@ -94,27 +238,52 @@ def _direct_form(source: str) -> _Parts | None:
 
 @dataclass(frozen=True, slots=True)
 class Template:
-    """One string parameter: plain text, a Jinja template, or either with secret markers."""
+    """One string parameter: plain text or a Jinja template, either with `${NAME}` secrets.
 
-    source: str
-    _compiled: Any = None  # jinja2.Template, or None for plain text
+    Rendering gives a `str`, or a `SecretText` when the source names a secret.
+    """
+
+    source: str  # as written in the rules file
+    secrets: tuple[str, ...] = ()  # the `${NAME}`s it names, in order, without repeats
+    _compiled: Any = None  # jinja2.Template, or None for text without Jinja
     _direct: _Parts | None = None  # see _direct_form
+    _text: str | SecretText | None = None  # the rendering of a template without Jinja
 
     @classmethod
-    def compile(cls, source: str) -> Template:
-        """Raises jinja2.TemplateSyntaxError (with `lineno`) for a bad template."""
-        marked = SECRET_RE.sub(lambda m: f"{_MARK_OPEN}{m.group(1)}{_MARK_CLOSE}", source)
-        if not any(marker in marked for marker in _JINJA_MARKERS):
-            return cls(marked)
-        return cls(marked, _ENV.from_string(marked), _direct_form(marked))
+    def compile(cls, source: str, *, html: bool = False) -> Template:
+        """Raises jinja2.TemplateSyntaxError (with `lineno`) for a bad template.
 
-    @property
-    def secrets(self) -> tuple[str, ...]:
-        return tuple(_MARK_RE.findall(self.source))
+        `html`: the template produces HTML, so every value it outputs is escaped.
+        """
+        names = tuple(dict.fromkeys(SECRET_RE.findall(source)))
+        jinja = any(marker in source for marker in _JINJA_MARKERS)
+        if not jinja:
+            return cls(source, names, _text=_split_source(source) if names else source)
+        if not names:
+            if html:
+                return cls(source, names, _HTML_ENV.from_string(source))
+            return cls(source, names, _ENV.from_string(source), _direct_form(source))
+        for lineno, line in enumerate(source.splitlines(), 1):
+            if any(char in line for char in _RESERVED):
+                raise TemplateSyntaxError(
+                    "characters U+E000-U+E002 are reserved in templates that name a secret",
+                    lineno,
+                )
+        marked = SECRET_RE.sub(lambda m: f"{_MARK_OPEN}{_NONCE}{m.group(1)}{_MARK_CLOSE}", source)
+        environment = _SECRET_HTML_ENV if html else _SECRET_ENV
+        try:
+            _check_marker_positions(environment, marked)
+            compiled = environment.from_string(marked)
+        except TemplateSyntaxError as exc:
+            # The message may quote the source: show it as written, never the nonce.
+            message = _MARK_RE.sub(r"${\1}", exc.message or "")
+            raise TemplateSyntaxError(message, exc.lineno) from None
+        return cls(source, names, compiled)
 
-    def render(self, context: Mapping[str, Any]) -> str:
+    def render(self, context: Mapping[str, Any]) -> str | SecretText:
         if self._compiled is None:
-            return self.source
+            assert self._text is not None
+            return self._text
         try:
             if type(context) is TemplateContext:
                 if self._direct is not None:
@@ -122,11 +291,14 @@ class Template:
                     if text is not None:
                         return text
                 context = context.as_dict()
-            return self._compiled.render(context)
+            text = self._compiled.render(context)
         except TemplateError as exc:
             raise RenderError(_plain(exc)) from exc
         except (TypeError, ValueError, ArithmeticError, LookupError, RecursionError) as exc:
             raise RenderError(f"{type(exc).__name__}: {exc}") from exc
+        if self.secrets:
+            return _split_rendered(text, frozenset(self.secrets))
+        return text
 
 
 def _plain(exc: TemplateError) -> str:
@@ -134,19 +306,22 @@ def _plain(exc: TemplateError) -> str:
     return message.replace("'worker.templates.JSONObject object'", "the object")
 
 
-def compile_params(value: Any) -> Any:
-    """Compile every string in a parameter tree (maps, lists, scalars) into a Template."""
+def compile_params(value: Any, *, html: bool = False) -> Any:
+    """Compile every string in a parameter tree (maps, lists, scalars) into a Template.
+
+    `html`: the tree renders HTML (an email's `html` body), so its values are escaped.
+    """
     if isinstance(value, str):
-        return Template.compile(value)
+        return Template.compile(value, html=html)
     if isinstance(value, Mapping):
-        return {str(k): compile_params(v) for k, v in value.items()}
+        return {str(k): compile_params(v, html=html) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [compile_params(v) for v in value]
+        return [compile_params(v, html=html) for v in value]
     return value
 
 
 def render_params(params: Any, context: Mapping[str, Any]) -> Any:
-    """Render a compiled parameter tree; secrets stay as markers (see mask/reveal)."""
+    """Render a compiled parameter tree; secrets stay `SecretText` (see mask/reveal)."""
     kind = type(params)
     if kind is Template:
         return params.render(context)
@@ -165,67 +340,52 @@ def render_params(params: Any, context: Mapping[str, Any]) -> Any:
     return params
 
 
-def _walk_strings(value: Any) -> Iterator[str]:
+def _walk_templates(value: Any) -> Iterator[Template]:
     if isinstance(value, Template):
-        yield value.source
-    elif isinstance(value, str):
         yield value
     elif isinstance(value, Mapping):
         for v in value.values():
-            yield from _walk_strings(v)
+            yield from _walk_templates(v)
     elif isinstance(value, list | tuple):
         for v in value:
-            yield from _walk_strings(v)
+            yield from _walk_templates(v)
 
 
 def secret_names(params: Any) -> tuple[str, ...]:
-    """Every `${NAME}` a parameter tree refers to, in order, without repeats."""
+    """Every `${NAME}` a compiled parameter tree refers to, in order, without repeats."""
     names: dict[str, None] = {}
-    for text in _walk_strings(params):
-        for name in _MARK_RE.findall(text):
-            names[name] = None
+    for template in _walk_templates(params):
+        names.update(dict.fromkeys(template.secrets))
     return tuple(names)
 
 
-def _map_strings(value: Any, fn: Any) -> Any:
-    if isinstance(value, str):
+def _map_secrets(value: Any, fn: Callable[[SecretText], str]) -> Any:
+    """The rendered tree with each `SecretText` replaced by `fn(it)`; strings untouched."""
+    kind = type(value)
+    if kind is SecretText:
         return fn(value)
-    if type(value) is dict:
-        return {k: _map_strings(v, fn) for k, v in value.items()}
-    if value is None or type(value) is bool or type(value) is int:
+    if kind is str or value is None or kind is bool or kind is int or kind is float:
         return value
     if isinstance(value, Mapping):
-        return {k: _map_strings(v, fn) for k, v in value.items()}
+        return {k: _map_secrets(v, fn) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_map_strings(v, fn) for v in value]
+        return [_map_secrets(v, fn) for v in value]
     return value
 
 
-def _mask_text(text: str) -> str:
-    return _MARK_RE.sub(MASK, text) if _MARK_OPEN in text else text
-
-
 def mask(rendered: Any) -> Any:
-    """Replace every secret marker by `***`: the only form that leaves the process."""
-    return _map_strings(rendered, _mask_text)
+    """Every secret as `***`: the only form that leaves the process (plans, logs, errors)."""
+    return _map_secrets(rendered, SecretText.masked)
 
 
 def reveal(rendered: Any, environ: Mapping[str, str]) -> Any:
-    """Substitute secret values, at the moment an action is sent and nowhere else."""
+    """Substitute secret values, at the moment an action is sent and nowhere else.
 
-    def substitute(text: str) -> str:
-        if _MARK_OPEN not in text:
-            return text
-
-        def value_of(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in environ:
-                raise RenderError(f"secret ${{{name}}} is not set in the environment")
-            return environ[name]
-
-        return _MARK_RE.sub(value_of, text)
-
-    return _map_strings(rendered, substitute)
+    Only `SecretText` parts that the rules file wrote are looked up; no string is searched,
+    so nothing an event brings can name a variable (DESIGN §7). A missing or empty value
+    is a `RenderError` (the action dead-letters), never an empty credential.
+    """
+    return _map_secrets(rendered, lambda text: text.revealed(environ))
 
 
 class JSONObject(dict):
