@@ -61,17 +61,17 @@ def test_msgspec_decodes_any_json_text_as_json_loads_does(value, ascii_only):
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        (b'{"a": NaN}', "not an event: neither 'specversion'"),
-        (b"[1e400]", "not an event: expected a JSON object, got a number"),
+        (b'{"a": NaN}', "not standard JSON: 'NaN' is not a JSON number (RFC 8259)"),
+        (b"[1e400]", "not standard JSON: number '1e400' is out of range"),
         (b'["\\ud800"]', "not an event: expected a JSON object, got a string"),
-        (b"[-Infinity]", "not an event: expected a JSON object, got a number"),
+        (b"[-Infinity]", "not standard JSON: '-Infinity' is not a JSON number (RFC 8259)"),
         (b'{"id": "x"} trailing', "body is not JSON (Extra data at line 1 column 13)"),
         (b'{"id": "\xff"}', "body is not UTF-8 (invalid start byte at byte 8)"),
     ],
 )
 def test_bodies_msgspec_refuses_get_the_standard_librarys_answer(body, reason):
-    """Non-standard JSON that json accepts (NaN, 1e400, lone surrogates) still decodes, and
-    what is not JSON keeps json's located message."""
+    """What json accepts but RFC 8259 does not (NaN, Infinity, 1e400) is rejected by name
+    (DESIGN §7); lone surrogates decode; what is not JSON keeps json's located message."""
     events, rejections = decode_body(body)
     assert not events and len(rejections) == 1
     assert rejections[0].reason == reason or rejections[0].reason.startswith(reason)

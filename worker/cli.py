@@ -325,6 +325,7 @@ def _check_rules(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from worker.explain import explain_events, render_text
+    from worker.jsontext import utf8_safe
 
     ruleset = _load(args.rules, secrets="ignore")
     try:
@@ -340,7 +341,7 @@ def _explain(args: argparse.Namespace) -> int:
         json.dump(report if len(report) > 1 else report[0], sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(render_text(report))
+        sys.stdout.write(utf8_safe(render_text(report)))  # an event's lone surrogate, say
     return 0
 
 

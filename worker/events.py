@@ -18,6 +18,8 @@ from typing import Any
 
 import msgspec
 
+from worker.jsontext import dumps_bytes
+
 __all__ = [
     "MISSING",
     "Event",
@@ -287,10 +289,15 @@ def parse_time(text: str) -> tuple[datetime, int]:
         offset = timedelta(hours=int(match.group("oh")), minutes=int(match.group("om")))
         if match.group("sign") == "-":
             offset = -offset
-    utc = naive.replace(tzinfo=UTC) - offset
-    seconds = (utc - _EPOCH) // timedelta(seconds=1) + (1 if second == 60 else 0)
-    ticks = seconds * 10_000_000 + int(fraction)
-    return _EPOCH + timedelta(microseconds=ticks // 10), ticks
+    try:
+        utc = naive.replace(tzinfo=UTC) - offset
+        seconds = (utc - _EPOCH) // timedelta(seconds=1) + (1 if second == 60 else 0)
+        ticks = seconds * 10_000_000 + int(fraction)
+        return _EPOCH + timedelta(microseconds=ticks // 10), ticks
+    except OverflowError:
+        # Year 1 east of UTC, year 9999 west of it, or its last leap second: in UTC these
+        # fall outside what any clock (ours: datetime) can hold. DESIGN §7: invalid.
+        raise ValueError(f"time out of range: {text!r}") from None
 
 
 def ticks_of(moment: datetime) -> int:
@@ -326,8 +333,57 @@ def iso_ticks(ticks: int) -> str:
 # msgspec decodes standard JSON to the same values as `json.loads` (big integers included)
 # at 2-3x its speed; what it refuses — NaN, Infinity, lone surrogate escapes, numbers out of
 # float range, bad UTF-8, malformed JSON — falls back to `json.loads`, which keeps the
-# standard library's answer and its error messages.
+# standard library's answer and its error messages, made as strict as RFC 8259 (DESIGN §7):
+# no NaN/Infinity, no number that overflows a float, no integer past Python's digit limit.
 _fast_decode = msgspec.json.Decoder().decode
+
+
+@dataclass(frozen=True, slots=True)
+class _Unusable:
+    """Stands in for a value the standard library would accept but RFC 8259 (or our
+    arithmetic) does not; the element holding one is rejected, its siblings are not."""
+
+    reason: str
+
+
+_INF = float("inf")
+
+
+def _constant(name: str) -> _Unusable:
+    return _Unusable(f"'{name}' is not a JSON number (RFC 8259)")
+
+
+def _float(text: str) -> float | _Unusable:
+    value = float(text)
+    if value in (_INF, -_INF):
+        return _Unusable(f"number {text[:40]!r} is out of range")
+    return value
+
+
+def _int(text: str) -> int | _Unusable:
+    if len(text) > 4000:  # past ~4300 digits Python will not even convert it
+        return _Unusable(f"an integer of {len(text)} digits is out of range")
+    return int(text)
+
+
+_strict_loads = json.JSONDecoder(
+    parse_constant=_constant, parse_float=_float, parse_int=_int
+).decode
+
+
+def _unusable_in(value: Any) -> _Unusable | None:
+    """The first stand-in inside a decoded value (iterative: any depth json accepted)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is _Unusable:
+            return item
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return None
+
 
 _EG_REQUIRED = ("id", "subject", "eventType", "eventTime")
 _CE_REQUIRED = ("id", "source", "specversion", "type")
@@ -357,12 +413,18 @@ def decode_body(
             reason = f"body is not UTF-8 ({exc.reason} at byte {exc.start})"
             return [], [Rejection(reason, origin, body=raw_bytes)]
         try:
-            document = json.loads(text)
+            document = _strict_loads(text)
         except json.JSONDecodeError as exc:
             reason = f"body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
             return [], [Rejection(reason, origin, body=raw_bytes)]
         except RecursionError:
             return [], [Rejection("body is not JSON (nested too deeply)", origin, body=raw_bytes)]
+        except ValueError as exc:
+            reason = f"body is not usable JSON ({_first_line(exc)})"
+            return [], [Rejection(reason, origin, body=raw_bytes)]
+        strict = True
+    else:
+        strict = False
 
     if default_time is None and origin.enqueued_time is not None:
         default_time = (origin.enqueued_time, ticks_of(origin.enqueued_time))
@@ -376,7 +438,14 @@ def decode_body(
     else:
         elements = iter([(None, document)])
     for index, element in elements:
-        result = _decode_one(element, origin, default_time)
+        unusable = _unusable_in(element) if strict else None
+        if unusable is not None:
+            result = f"not standard JSON: {unusable.reason}"
+        else:
+            try:
+                result = _decode_one(element, origin, default_time)
+            except Exception as exc:  # one element's failure is its own (DESIGN §7)
+                result = f"not a usable event ({type(exc).__name__}: {_first_line(exc)})"
         if isinstance(result, str):
             element_body = raw_bytes if index is None else _dump(element)
             rejections.append(Rejection(result, origin, index, element_body))
@@ -386,9 +455,14 @@ def decode_body(
     return events, rejections
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return text[:200]
+
+
 def _dump(element: Any) -> bytes:
     try:
-        return json.dumps(element, ensure_ascii=False).encode("utf-8")
+        return dumps_bytes(element)
     except (TypeError, ValueError, RecursionError):
         return b""
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.events import MISSING, Origin, Rejection, decode_body, iso_ticks
+from worker.events import MISSING, Event, Origin, Rejection, decode_body, iso_ticks
 from worker.plan import PlannedAction, plan_rule
-from worker.rules import RuleSet
+from worker.rules import Rule, RuleSet
 
 __all__ = ["explain_events", "render_text"]
 
@@ -29,31 +29,10 @@ def explain_events(ruleset: RuleSet, body: bytes) -> tuple[list[dict[str, Any]],
         type_known = ruleset.knows_type(event.type)
         rules = []
         for rule in ruleset.rules:
-            clauses = [
-                {
-                    "clause": c.clause,
-                    "looked_at": _shown(c.looked_at),
-                    "passed": c.passed,
-                    "reason": c.reason,
-                }
-                for c in rule.filter.explain(event)
-            ]
-            matched = rule.filter.matches(event)
-            entry: dict[str, Any] = {"rule": rule.name, "matched": matched, "clauses": clauses}
-            if matched:
-                entry["actions"] = [
-                    {
-                        "action": r.action.type,
-                        "action_index": r.action.index,
-                        "idempotency_key": r.key,
-                        **(
-                            {"params": r.plan_line()["params"]}
-                            if isinstance(r, PlannedAction)
-                            else {"render_error": r.error}
-                        ),
-                    }
-                    for r in plan_rule(rule, event)
-                ]
+            try:
+                entry = _explain_rule(rule, event)
+            except Exception as exc:  # what the pipeline would dead-letter (DESIGN §7)
+                entry = {"rule": rule.name, "matched": False, "clauses": [], "error": str(exc)}
             rules.append(entry)
         would_run = topic_allowed and type_known
         reports.append(
@@ -73,6 +52,35 @@ def explain_events(ruleset: RuleSet, body: bytes) -> tuple[list[dict[str, Any]],
             }
         )
     return reports, rejections
+
+
+def _explain_rule(rule: Rule, event: Event) -> dict[str, Any]:
+    clauses = [
+        {
+            "clause": c.clause,
+            "looked_at": _shown(c.looked_at),
+            "passed": c.passed,
+            "reason": c.reason,
+        }
+        for c in rule.filter.explain(event)
+    ]
+    matched = rule.filter.matches(event)
+    entry: dict[str, Any] = {"rule": rule.name, "matched": matched, "clauses": clauses}
+    if matched:
+        entry["actions"] = [
+            {
+                "action": r.action.type,
+                "action_index": r.action.index,
+                "idempotency_key": r.key,
+                **(
+                    {"params": r.plan_line()["params"]}
+                    if isinstance(r, PlannedAction)
+                    else {"render_error": r.error}
+                ),
+            }
+            for r in plan_rule(rule, event)
+        ]
+    return entry
 
 
 def render_text(reports: list[dict[str, Any]]) -> str:
@@ -97,6 +105,8 @@ def render_text(reports: list[dict[str, Any]]) -> str:
             )
         for rule in report["rules"]:
             verdict = "MATCHES" if rule["matched"] else "does not match"
+            if "error" in rule:
+                verdict = f"cannot be evaluated on this event ({rule['error']})"
             lines.append(f"rule {rule['rule']}: {verdict}")
             if not rule["clauses"]:
                 lines.append("  (empty filter: matches every allowed event)")

@@ -62,10 +62,15 @@ class OrderingConfig:
 
 @dataclass(frozen=True, slots=True)
 class Released:
-    """An event leaving the reorder buffer; `late` = stale (DESIGN §4)."""
+    """An event leaving the reorder buffer; `late` = stale (DESIGN §4).
+
+    `effective` is its clamped event time (ticks): every later use of event time (the
+    throttle's clock) takes this one, so a wrongly dated event cannot move any clock.
+    """
 
     event: Event
     late: bool
+    effective: int
 
 
 @total_ordering
@@ -315,19 +320,19 @@ class Sequencer:
         recognise, and repeating an action is worse than flagging it late.
         """
         if self.max_time is not None and effective < self.max_time - self._window:
-            return Released(event, late=True)
+            return Released(event, True, effective)
         seq = sequencer_key(event)
         slot = (fold_topic(event.topic), event.subject, fold_type(event.type))
         last = self._last
         previous = last.get(slot)
         if previous is not None:
             if not previous[0] < seq:
-                return Released(event, late=True)
+                return Released(event, True, effective)
             del last[slot]
         last[slot] = (seq, effective)
         if self._tracking:
             self._dirty_last[slot] = None
-        return Released(event, late=False)
+        return Released(event, False, effective)
 
     # --- persistence --------------------------------------------------------------------
     #

@@ -16,9 +16,10 @@ from enum import StrEnum
 from typing import Any
 
 from worker.events import Event, Origin, Rejection, decode_body
+from worker.jsontext import dumps_bytes
 from worker.ordering import OrderingConfig, Released, Sequencer
-from worker.plan import PlannedAction, RenderFailure, Throttler, plan_rule
-from worker.rules import Late, RuleSet
+from worker.plan import PlannedAction, RenderFailure, Throttler, idempotency_key, plan_rule
+from worker.rules import Late, Rule, RuleSet
 from worker.templates import template_context
 
 __all__ = ["Decision", "Outcome", "PartitionPipeline", "Step", "Summary", "ordering_config"]
@@ -98,6 +99,36 @@ class Summary:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+def _reason(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"
+
+
+def _rejected(event: Event, exc: Exception) -> Rejection:
+    """An event the pipeline could not handle, as an invalid element (dead-lettered)."""
+    return Rejection(
+        f"event {event.id!r} could not be processed ({_reason(exc)})",
+        event.origin,
+        None,
+        dumps_bytes(event.as_received()),
+    )
+
+
+def _failed(rule: Rule, event: Event, exc: Exception) -> list[RenderFailure]:
+    """Every action of a rule that failed on this event, as dead letters with the reason."""
+    error = f"processing failed ({_reason(exc)})"
+    return [
+        RenderFailure(
+            rule.name,
+            action,
+            event,
+            idempotency_key(event.topic, event.id, rule.name, action.key_part),
+            error,
+        )
+        for action in rule.actions
+    ]
+
+
 def ordering_config(ruleset: RuleSet) -> OrderingConfig:
     return OrderingConfig(
         grace_s=ruleset.ordering.grace_s,
@@ -131,10 +162,14 @@ class PartitionPipeline:
             default_time = self._last_time  # file replay: the previous event's time
         events, rejections = decode_body(body, origin, default_time=default_time)
         step = Step(rejections=list(rejections), decoded=len(events))
-        self.summary.events += len(events)
         for event in events:
             self._last_time = (event.time, event.time_ticks)
-            step.decisions.extend(self._admit(event, now))
+            try:
+                step.decisions.extend(self._admit(event, now))
+            except Exception as exc:  # one event's failure is its own (DESIGN §7)
+                step.decoded -= 1  # no outcome: counted (and dead-lettered) as invalid
+                step.rejections.append(_rejected(event, exc))
+        self.summary.events += step.decoded
         self.summary.add(step)
         return step
 
@@ -174,15 +209,21 @@ class PartitionPipeline:
         for rule in self.ruleset.rules_for(event.type):
             if item.late and self.ruleset.late_for(rule) is Late.DROP:
                 continue
-            if not rule.filter.matches(event):
+            try:
+                if not rule.filter.matches(event):
+                    continue
+                matched_any = True
+                if not self.throttler.admit(rule, event, item.effective):
+                    throttled += len(rule.actions)
+                    continue
+                if context is None:
+                    context = template_context(event, rule.name)
+                results = plan_rule(rule, event, context)
+            except Exception as exc:  # this rule cannot handle this event: dead-letter it
+                matched_any = True
+                failures.extend(_failed(rule, event, exc))
                 continue
-            matched_any = True
-            if not self.throttler.admit(rule, event):
-                throttled += len(rule.actions)
-                continue
-            if context is None:
-                context = template_context(event, rule.name)
-            for result in plan_rule(rule, event, context):
+            for result in results:
                 if isinstance(result, PlannedAction):
                     actions.append(result)
                 else:

@@ -7,7 +7,6 @@ make the same decisions and a backfill reproduces the live worker's idempotency 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from urllib.parse import quote
 import msgspec
 
 from worker.events import Event, fold_topic, iso_ticks
+from worker.jsontext import dumps
 from worker.ordering import TICKS_PER_SECOND
 from worker.rules import Action, Rule, ThrottlePer
 from worker.templates import RenderError, TemplateContext, mask, render_params, template_context
@@ -37,8 +37,14 @@ def idempotency_key(topic: str, event_id: str, rule: str, action: str) -> str:
 
     Stable across versions and replicas; backfills rely on reproducing it exactly.
     """
-    material = f"{fold_topic(topic)}\n{event_id}\n{rule}\n{action}".encode()
-    return hashlib.sha256(material).hexdigest()[:32]
+    material = f"{fold_topic(topic)}\n{event_id}\n{rule}\n{action}"
+    try:
+        data = material.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (escaped in the JSON) has no UTF-8: its WTF-8 bytes instead, so
+        # the key stays defined and distinct for every id (DESIGN §7).
+        data = material.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def aml_job_name(key: str) -> str:
@@ -91,8 +97,8 @@ class PlannedAction:
             try:
                 return _encode(line).decode("utf-8") + "\n"
             except (TypeError, ValueError, OverflowError, UnicodeError):
-                pass  # e.g. a lone surrogate from an escaped event string: json decides
-        return json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+                pass  # e.g. a lone surrogate from an escaped event string: jsontext decides
+        return dumps(line) + "\n"
 
     def _target_facts(self) -> dict[str, Any]:
         """What the target will call it, where the action type fixes that in advance."""
@@ -152,7 +158,9 @@ class Throttler:
         # by the objects that fired within their `every`, not by every object ever seen.
         self._windows: dict[tuple[str, ...], tuple[int, deque[int]]] = {}
 
-    def admit(self, rule: Rule, event: Event) -> bool:
+    def admit(self, rule: Rule, event: Event, now: int | None = None) -> bool:
+        """`now`: the event's clamped time in ticks (`Released.effective`, DESIGN §4), so a
+        far-future event cannot hold a window open and stop the clean-up of the others."""
         throttle = rule.throttle
         if throttle is None:
             return True
@@ -162,7 +170,8 @@ class Throttler:
         every = round(throttle.every_s * TICKS_PER_SECOND)
         _, window = self._windows.pop(key, (every, deque()))
         self._windows[key] = (every, window)
-        now = event.time_ticks
+        if now is None:
+            now = event.time_ticks
         while window and window[0] <= now - every:
             window.popleft()
         # Usually every remembered firing is at or before `now` (max runs in C; the count not).

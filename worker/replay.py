@@ -7,23 +7,28 @@ same input and rules always give a byte-identical plan.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Iterable
 from typing import IO, Any
 
 import structlog
 
 from worker.events import Origin, Rejection
+from worker.jsontext import dumps
 from worker.pipeline import PartitionPipeline, Step, Summary
 from worker.rules import RuleSet
 
-__all__ = ["dead_letter_for_rejection", "dry_run", "json_line"]
+__all__ = ["MAX_LOGGED_REJECTIONS", "dead_letter_for_rejection", "dry_run", "json_line"]
 
 log = structlog.get_logger(__name__)
 
+# One message may hold thousands of invalid elements: each is dead-lettered, but only the
+# first few are logged, so a hostile batch cannot flood the logs (DESIGN §7).
+MAX_LOGGED_REJECTIONS = 10
+
 
 def json_line(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+    """One JSON line; any string (a lone surrogate included) survives (DESIGN §7)."""
+    return dumps(obj) + "\n"
 
 
 def dead_letter_for_rejection(rejection: Rejection) -> dict[str, Any]:
@@ -57,9 +62,17 @@ def dry_run(
     write_plan = plan.write
 
     def write(step: Step) -> None:
-        for rejection in step.rejections:
-            log.warning("invalid_body", where=rejection.describe())
+        for index, rejection in enumerate(step.rejections):
+            if index < MAX_LOGGED_REJECTIONS:
+                log.warning("invalid_body", where=rejection.describe())
             dead_letters.write(json_line(dead_letter_for_rejection(rejection)))
+        if len(step.rejections) > MAX_LOGGED_REJECTIONS:
+            log.warning(
+                "invalid_bodies_not_logged",
+                count=len(step.rejections) - MAX_LOGGED_REJECTIONS,
+                where=step.rejections[0].origin.describe(),
+                message="more invalid elements in this message: see the dead letters",
+            )
         for decision in step.decisions:
             for action in decision.actions:
                 write_plan(action.plan_json())
