@@ -90,3 +90,59 @@ async def test_reset_state_keeps_other_blobs(store):
     await store.reset_state("0")
     assert (await store.load_state("0")).records == []
     assert len(await store.list_dead_letters()) == 1
+
+
+async def test_a_message_s_dead_letters_are_one_blob_read_back_as_records(store):
+    """Batch blobs (a JSON array, one write per message) and single-record blobs written
+    before batching are both listed, one record per dead letter."""
+    await store.dead_letter("0", "3-body", {"reason": "old layout", "n": 0})
+    batch = [{"reason": f"element {i}", "n": i} for i in range(2000)]
+    blob = await store.dead_letters("0", "4-0-batch-abc", batch)
+    await store.dead_letters("0", "4-0-batch-abc", batch)  # processed again: overwritten
+    names = [b.name async for b in store.container.list_blobs()]
+    assert sorted(n.rsplit("/", 1)[-1] for n in names) == ["3-body.json", "4-0-batch-abc.json"]
+    records = await store.list_dead_letters()
+    assert len(records) == 2001
+    old = next(r for r in records if r["blob"].endswith("3-body.json"))
+    assert old["n"] == 0 and "item" not in old
+    listed = [r for r in records if r["blob"] == blob]
+    assert [(r["item"], r["n"]) for r in listed] == [(i, i) for i in range(2000)]
+
+
+async def test_one_record_of_a_batch_blob_is_updated_in_place(store):
+    blob = await store.dead_letters("1", "9-batch-x", [{"n": 0}, {"n": 1}, {"n": 2}])
+    record = next(r for r in await store.list_dead_letters() if r.get("item") == 1)
+    await store.update_dead_letter(blob, {**record, "redriven_at": 5})
+    records = sorted(await store.list_dead_letters(), key=lambda r: r["item"])
+    assert [(r["n"], r.get("redriven_at")) for r in records] == [(0, None), (1, 5), (2, None)]
+    single = await store.dead_letter("1", "10-body", {"n": 9})
+    await store.update_dead_letter(single, {"blob": single, "n": 9, "redriven_at": 6})
+    (updated,) = [r for r in await store.list_dead_letters() if r["blob"] == single]
+    assert updated == {"blob": single, "n": 9, "redriven_at": 6}
+
+
+async def test_any_dead_letter_can_be_written(store):
+    """A lone surrogate is kept as its JSON escape; a value nested too deeply for readers
+    is kept as JSON text; a record JSON cannot encode at all (a cycle) keeps its kind,
+    reason and coordinates instead of failing every retry."""
+    nested: list = []
+    for _ in range(5000):
+        nested = [nested]
+    cyclic: list = []
+    cyclic.append(cyclic)
+    await store.dead_letters(
+        "2",
+        "5-batch-y",
+        [
+            {"kind": "invalid_body", "subject": "runs/\udc80", "source": {"offset": "1"}},
+            {"kind": "invalid_body", "reason": "deep", "source": {"offset": "2"}, "x": nested},
+            {"kind": "render_error", "reason": "cycle", "source": {"offset": "3"}, "x": cyclic},
+        ],
+    )
+    first, second, third = sorted(await store.list_dead_letters(), key=lambda r: r["item"])
+    assert first["subject"] == "runs/\udc80"
+    assert second["reason"] == "deep" and "x" not in second
+    assert second["x_json"] == "[" * 5001 + "]" * 5001
+    assert third["kind"] == "render_error" and third["source"] == {"offset": "3"}
+    assert third["reason"].startswith("cycle (record not encodable as JSON: ValueError")
+    assert "x" not in third and "[...]" in third["record_repr"]

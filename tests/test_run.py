@@ -173,14 +173,33 @@ def test_missing_container_is_an_error_unless_allowed(env, tmp_path):
 
 
 def test_unreachable_storage_is_named(env, tmp_path):
+    """One paragraph (what, where, the likely fix), exit code 4, never a traceback."""
     from tests.conftest import free_port
 
     env.env["AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING"] = (
         env.azurite.connection_string.replace(str(env.azurite.port), str(free_port()))
     )
     worker = env.start(rules_file(tmp_path))
-    assert worker.wait(60) == 1
-    assert "unreachable" in worker.log_path.read_text()
+    assert worker.wait(60) == 4
+    text = worker.log_path.read_text()
+    assert "the checkpoint storage at http://127.0.0.1:" in text and "unreachable" in text
+    assert "AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING" in text
+    assert "Traceback" not in text
+
+
+def test_unreachable_hub_is_named_without_a_traceback(env, tmp_path):
+    from tests.conftest import free_port
+
+    port = str(free_port())
+    env.env["AML_WORKER_EVENTHUB_CONNECTION_STRING"] = (
+        env.env["AML_WORKER_EVENTHUB_CONNECTION_STRING"].replace(str(env.dev_hub.port), port)
+    )
+    worker = env.start(rules_file(tmp_path))
+    assert worker.wait(90) == 4
+    text = worker.log_path.read_text()
+    assert f"the event hub at 127.0.0.1:{port} (hub aml-events) is unreachable" in text
+    assert "AML_WORKER_EVENTHUB_CONNECTION_STRING" in text
+    assert "Traceback" not in text
 
 
 def test_bad_settings_fail_at_start_with_the_variable_named(env, tmp_path):

@@ -9,8 +9,11 @@ same lower-cased prefix `<fqns>/<hub>/<consumergroup>/`:
   commits the block list with `If-Match` on the ETag of our previous commit. The commit is
   atomic, costs O(what changed), and fences out a previous owner: once the new owner has
   committed, an old owner's late save fails instead of overwriting newer state.
-- `deadletter/<partition>/<sequence number>-<index>.json` — one blob per dead letter, named
-  by its coordinates so re-reading the same message after a crash overwrites, not duplicates.
+- `deadletter/<partition>/<sequence number>-<what>.json` — the dead letters of one message
+  (or of one release of held events) in one blob, named by its coordinates so re-reading the
+  same message after a crash overwrites, not duplicates: one record (a JSON object, as every
+  dead letter was before batching) or several (`…-batch-<digest>.json`, a JSON array). One
+  write per message however many invalid elements it holds (DESIGN §7). Readers take both.
 
 Why state is written *before* the checkpoint: state saved at message M records every event
 finished or held up to M; the checkpoint C ≤ M. A crash between the two leaves an older
@@ -25,7 +28,7 @@ import contextlib
 import json
 import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +45,10 @@ from azure.storage.blob import BlobBlock, BlockState
 from azure.storage.blob.aio import ContainerClient
 
 from worker.errors import CheckpointError
+from worker.jsontext import dumps, dumps_bytes, utf8_safe
 from worker.state import Mark, decode_records, encode_record
 
-__all__ = ["BlobPartitionStore", "StateFenced", "StateHandle"]
+__all__ = ["BlobPartitionStore", "StateFenced", "StateHandle", "encode_dead_letters"]
 
 log = structlog.get_logger(__name__)
 
@@ -251,8 +255,23 @@ class BlobPartitionStore:
     # --- dead letters -------------------------------------------------------------------
 
     async def dead_letter(self, partition_id: str, name: str, record: Mapping[str, Any]) -> str:
+        """One dead letter, one blob (`name` is deterministic: a re-processed message
+        overwrites its own dead letter instead of adding a second)."""
+        return await self._upload_dead_letter(partition_id, name, encode_dead_letters(record))
+
+    async def dead_letters(
+        self, partition_id: str, name: str, records: Sequence[Mapping[str, Any]]
+    ) -> str:
+        """All the dead letters of one message in one blob: a JSON array, one write however
+        many elements a hostile batch holds (DESIGN §7)."""
+        if len(records) == 1:
+            return await self.dead_letter(partition_id, name, records[0])
+        return await self._upload_dead_letter(
+            partition_id, name, encode_dead_letters(list(records))
+        )
+
+    async def _upload_dead_letter(self, partition_id: str, name: str, body: bytes) -> str:
         blob_name = f"{self.prefix}/deadletter/{partition_id}/{name}.json"
-        body = json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
         try:
             await self.container.upload_blob(blob_name, body, overwrite=True)
         except AzureError as exc:
@@ -260,22 +279,129 @@ class BlobPartitionStore:
         return blob_name
 
     async def update_dead_letter(self, blob_name: str, record: Mapping[str, Any]) -> None:
-        """Rewrite one dead letter in place (re-driven entries are marked, never deleted)."""
-        body = json.dumps(
-            {k: v for k, v in record.items() if k != "blob"}, ensure_ascii=False, default=str
-        ).encode("utf-8")
+        """Rewrite one dead letter in place (re-driven entries are marked, never deleted).
+
+        A record of a batch blob (`item` is its place in the array, as `list_dead_letters`
+        gives it) is replaced in its array, the others kept; the rewrite is conditional on
+        the blob not having changed since it was read."""
+        item = record.get("item")
+        plain = {k: v for k, v in record.items() if k not in ("blob", "item")}
         try:
-            await self.container.upload_blob(blob_name, body, overwrite=True)
+            if not isinstance(item, int):
+                await self.container.upload_blob(
+                    blob_name, encode_dead_letters(plain), overwrite=True
+                )
+                return
+            downloader = await self.container.download_blob(blob_name)
+            content = json.loads(await downloader.readall())
+            if not isinstance(content, list) or not 0 <= item < len(content):
+                raise CheckpointError(f"dead letter {blob_name} has no record {item}")
+            content[item] = plain
+            await self.container.upload_blob(
+                blob_name,
+                encode_dead_letters(content),
+                overwrite=True,
+                etag=downloader.properties.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
         except AzureError as exc:
             raise CheckpointError(f"cannot write dead letter {blob_name}: {exc}") from exc
 
     async def list_dead_letters(self) -> list[dict[str, Any]]:
+        """Every dead letter: one record per blob, or each record of a batch blob (with its
+        place in it, `item`)."""
         records = []
         prefix = f"{self.prefix}/deadletter/"
         try:
             async for item in self.container.list_blobs(name_starts_with=prefix):
                 downloader = await self.container.download_blob(item.name)
-                records.append({"blob": item.name, **json.loads(await downloader.readall())})
+                try:
+                    content = json.loads(await downloader.readall())
+                except (ValueError, RecursionError) as exc:  # not ours: show it, go on
+                    content = {"kind": "unreadable", "reason": f"not readable JSON ({exc})"}
+                if isinstance(content, list):
+                    for index, record in enumerate(content):
+                        if isinstance(record, dict):
+                            records.append({"blob": item.name, "item": index, **record})
+                elif isinstance(content, dict):
+                    records.append({"blob": item.name, **content})
         except AzureError as exc:
             raise CheckpointError(f"cannot list dead letters: {exc}") from exc
         return records
+
+
+def encode_dead_letters(content: Mapping[str, Any] | list[Mapping[str, Any]]) -> bytes:
+    """A dead-letter blob's bytes (one record, or a list of them); never raises.
+
+    Any string encodes (jsontext escapes lone surrogates). A value nested deeper than
+    `MAX_DEAD_LETTER_DEPTH` is kept as its JSON text (`<key>_json`), so every reader can
+    parse the blob and one deep element does not make its whole batch unreadable. A record
+    that still cannot be encoded (a cycle) would fail the same way on every retry, so it is
+    replaced by what can be kept of it — kind, reason, coordinates and a cut `repr` —
+    instead of blocking its partition for ever (DESIGN §7).
+    """
+    records = content if isinstance(content, list) else [content]
+    readable = [_readable(record) for record in records]
+    try:
+        return dumps_bytes(readable if isinstance(content, list) else readable[0])
+    except (ValueError, TypeError, RecursionError, OverflowError):
+        pass
+    safe = [_encodable(record) for record in readable]
+    return dumps_bytes(safe if isinstance(content, list) else safe[0])
+
+
+# Readers parse dead letters with the standard (recursive) JSON decoder, from any stack
+# depth: records stay well below its limit. Events from the hub are far shallower.
+MAX_DEAD_LETTER_DEPTH = 200
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+def _readable(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    if not isinstance(record, Mapping) or not _deeper_than(record, MAX_DEAD_LETTER_DEPTH):
+        return record
+    kept: dict[str, Any] = {}
+    for key, value in record.items():
+        if _deeper_than(value, MAX_DEAD_LETTER_DEPTH - 1):
+            try:
+                kept[f"{key}_json"] = dumps(value)
+                continue
+            except (ValueError, TypeError, RecursionError, OverflowError):
+                pass  # a cycle: `_encodable` takes over
+        kept[key] = value
+    return kept
+
+
+def _encodable(record: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        dumps_bytes(record)
+        return record
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    kept: dict[str, Any] = {}
+    for key in ("dead_lettered_at", "kind", "reason", "source", "event_id", "rule", "action"):
+        value = record.get(key) if isinstance(record, Mapping) else None
+        try:
+            dumps_bytes(value)
+        except (ValueError, TypeError, RecursionError, OverflowError):
+            value = None
+        if value is not None:
+            kept[key] = value
+    try:
+        text = repr(record)
+    except Exception:  # deep nesting: repr recurses too
+        text = f"<{type(record).__name__}>"
+    kept["reason"] = f"{kept.get('reason', '')} (record not encodable as JSON: {error})".strip()
+    kept["record_repr"] = utf8_safe(text[:100_000])
+    return kept

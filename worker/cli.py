@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from worker import __version__
-from worker.errors import WorkerError
+from worker.errors import UnreachableError, WorkerError
 
 __all__ = ["main"]
 
@@ -249,6 +249,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `run --stop-when-idle` stopped, but its checkpoint is behind what it received.
+EXIT_BEHIND = 3
+# The hub or the checkpoint storage did not answer at start.
+EXIT_UNREACHABLE = 4
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "dev-hub":
@@ -280,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Fail as exc:
         print(f"aml-event-worker {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except UnreachableError as exc:
+        print(f"aml-event-worker {args.command}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except WorkerError as exc:
         print(f"aml-event-worker {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -599,6 +608,19 @@ def _run(args: argparse.Namespace) -> int:
         with _open_out(args.summary_json) as handle:
             json.dump(counts, handle, indent=2)
             handle.write("\n")
+    if args.stop_when_idle is not None and (stats.behind or stats.unsaved_partitions):
+        where = ", ".join(
+            f"partition {pid}: checkpoint at {done if done is not None else 'none'}, "
+            f"received up to {last}"
+            for pid, (done, last) in sorted(stats.behind.items())
+        ) or ", ".join(f"partition {pid}: state not saved" for pid in stats.unsaved_partitions)
+        raise _Fail(
+            f"stopped, but the checkpoint did not reach the end of what was received ({where}). "
+            "The messages after it are read again by the next run; the log's "
+            "dead_letter_write_failed / state_not_saved lines say why (usually the checkpoint "
+            "storage).",
+            EXIT_BEHIND,
+        )
     return 0
 
 

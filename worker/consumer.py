@@ -12,9 +12,12 @@ as duplicates instead of being dispatched again.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import hashlib
 import os
+import random
 import signal
 import time
 import uuid
@@ -30,14 +33,15 @@ from worker import tracing
 from worker.actions import Executor, missing_executors
 from worker.checkpoints import BlobPartitionStore, StateFenced, StateHandle
 from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
-from worker.errors import CheckpointError, ConfigError, WorkerError
+from worker.errors import CheckpointError, ConfigError, UnreachableError, WorkerError
 from worker.events import Origin, restore_event
 from worker.health import HealthServer, Metrics
+from worker.jsontext import dumps
 from worker.ordering import Sequencer
 from worker.pipeline import Decision, PartitionPipeline, Step, Summary, ordering_config
 from worker.plan import PlannedAction, Throttler, plan_rule
 from worker.positions import PositionKind, StartPositions
-from worker.replay import dead_letter_for_rejection
+from worker.replay import MAX_LOGGED_REJECTIONS, dead_letter_for_rejection
 from worker.rules import RuleSet
 from worker.settings import Settings
 from worker.state import Mark, Progress
@@ -58,9 +62,14 @@ class RunStats:
     skipped: int = 0
     action_failures: int = 0
     dead_letters: int = 0
+    dead_letter_write_failures: int = 0
     checkpoints: int = 0
     state_saves: int = 0
     partitions: set[str] = field(default_factory=set)
+    unsaved_partitions: set[str] = field(default_factory=set)  # see PartitionWorker._unwritten
+    # Partitions whose final checkpoint (a `--stop-when-idle` flush) stayed before the last
+    # message received: partition -> (checkpointed sequence number, last received).
+    behind: dict[str, tuple[int | None, int]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +78,7 @@ class RunStats:
             "actions_skipped_by_ledger": self.skipped,
             "action_failures": self.action_failures,
             "dead_letters": self.dead_letters,
+            "dead_letter_write_failures": self.dead_letter_write_failures,
             "checkpoints_written": self.checkpoints,
             "state_saves": self.state_saves,
             "partitions": sorted(self.partitions, key=lambda p: (len(p), p)),
@@ -108,6 +118,11 @@ class PartitionWorker:
         self.unread = 0  # events enqueued past `received` (from the lag watcher)
         self.reconnected_at = 0.0
         self.closed = asyncio.Event()  # set once close() has saved (or given up)
+        self.closing = asyncio.Event()  # close() began: dead-letter writes stop retrying
+        # A dead letter could not be written while closing: the events it belongs to were
+        # already taken out of the reorder buffer, so saving this state would lose them.
+        # The last saved state and checkpoint stay; the next owner reads again from there.
+        self.unsaveable = False
         # Tracing on: what the spans of each received message's events need (worker.tracing).
         self.traces = tracing.message_traces(
             partition_id,
@@ -153,8 +168,8 @@ class PartitionWorker:
         try:
             sequencer = Sequencer.restore(config, [r["sequencer"] for r in records[start:]])
             throttler = Throttler.restore(records[-1].get("throttle", []) if records else [])
-        except (KeyError, TypeError) as exc:
-            self.log.warning("state_discarded", reason=f"unreadable state ({exc})")
+        except (KeyError, TypeError, OverflowError) as exc:
+            self.log.warning("state_discarded", reason=f"unreadable state ({_first_line(exc)})")
             sequencer, throttler = Sequencer(config), Throttler()
         # A ValueError (state written by a newer worker) propagates: never overwrite it.
         sequencer.resume(datetime.now(UTC))  # restored held events wait `grace` from now
@@ -193,18 +208,30 @@ class PartitionWorker:
         # this owner died before they finished.
         pending = records[-1].get("pending", []) if records else []
         restored = []
+        unrestorable = []
         for item in pending:
-            event = restore_event(item["raw"], Origin.from_dict(item["origin"]), item["ticks"])
-            if item.get("late"):
-                event = dataclasses.replace(event, late=True)
-            rules = [r for r in ruleset.rules if r.name in set(item["rules"])]
-            actions = [
-                p for r in rules for p in plan_rule(r, event) if isinstance(p, PlannedAction)
-            ]
+            try:
+                event = restore_event(item["raw"], Origin.from_dict(item["origin"]), item["ticks"])
+                if item.get("late"):
+                    event = dataclasses.replace(event, late=True)
+                rules = [r for r in ruleset.rules if r.name in set(item["rules"])]
+                actions = [
+                    p for r in rules for p in plan_rule(r, event) if isinstance(p, PlannedAction)
+                ]
+            except Exception as exc:  # one saved event must not keep the partition from starting
+                unrestorable.append(_pending_failure(item, exc, self.partition_id))
+                continue
             seq = event.origin.sequence_number
             if seq is not None and seq > floor:
                 progress.hold(seq)
             restored.append((event, [r.name for r in rules], actions))
+        if unrestorable:
+            self.log.error("pending_events_not_restored", count=len(unrestorable))
+            await self._dead_letters(
+                f"{committed.sequence_number if committed else 'start'}-restore-"
+                + _digest(dumps([r.get("source") for r in unrestorable])),
+                unrestorable,
+            )
         self.inflight = {}
         tokens = [self._register(event, names) for event, names, _ in restored]
         # A snapshot claims the state blob for this owner (fencing the old one) before any
@@ -292,17 +319,27 @@ class PartitionWorker:
             self.closed.set()
 
     async def _close(self, *, release: bool, flush: bool) -> None:
+        self.closing.set()
         deadline = time.monotonic() + self.consumer.settings.shutdown_timeout
         if self.busy is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self.busy), _left(deadline))
         async with self.lock:
             if flush and self.pipeline is not None:
-                await self._dispatch_step(self.pipeline.finish())
+                try:
+                    await self._dispatch_step(self.pipeline.finish())
+                except DeadLetterUnwritten:
+                    self._unwritten()
             if self.delivery is not None and not await self.delivery.drain(_left(deadline)):
                 self.log.warning("shutdown_cancelled_actions", left=self.delivery.in_flight)
                 await self.delivery.cancel()  # still `pending` in the saved state
             await self.save(force=True, released=release)
+        if flush and self.received >= 0:
+            done = self.committed.sequence_number if self.committed else None
+            if done is None or done < self.received:
+                self.consumer.stats.behind[self.partition_id] = (done, self.received)
+            else:
+                self.consumer.stats.behind.pop(self.partition_id, None)
         if self.pipeline is not None:
             self.consumer.stats.summary.merge(self.pipeline.summary)
         self.log.info("partition_closed", released=release, held=self.held)
@@ -314,57 +351,147 @@ class PartitionWorker:
     # --- processing ---------------------------------------------------------------------
 
     async def process(self, events: list[Any]) -> None:
-        """One batch from the SDK (empty when the partition was quiet for max_wait_time)."""
+        """One batch from the SDK (empty when the partition was quiet for max_wait_time).
+
+        No message can stop the partition (DESIGN §7): whatever fails while handling one is
+        dead-lettered with its coordinates and the partition moves on. Only storage can
+        stop a batch (`DeadLetterUnwritten`): the rest of it is then left unread, for this
+        owner's next batch or the next owner, and the checkpoint stays before it.
+        """
         async with self.lock:
             assert self.pipeline is not None
             now = datetime.now(UTC)
             floor = self.committed.sequence_number if self.committed else -1
-            for event_data in events:
-                self.consumer.note_event()
-                self.last_event_at = time.monotonic()
-                self.received = max(self.received, int(event_data.sequence_number))
-                if event_data.sequence_number <= floor:
-                    # Finished by definition: the SDK re-reads a checkpointed event when the
-                    # start position is inclusive, and hand-overs re-read up to it.
-                    continue
-                origin, body = origin_of(event_data, self.partition_id)
-                step = self.pipeline.feed(body, origin, now)
-                if self.traces is not None:
-                    self.traces.received(
-                        event_data.properties, int(event_data.sequence_number), step.decoded
-                    )
-                self.consumer.metrics.step(self.partition_id, step, messages=1)
-                mark = Mark(int(event_data.sequence_number), str(event_data.offset))
-                self.progress.received(mark, step.decoded)
-                for rejection in step.rejections:
-                    await self._dead_letter_rejection(rejection)
-                await self._dispatch_step(step)
-                self.dirty = True
-            tick = self.pipeline.tick(now)
-            self.consumer.metrics.step(self.partition_id, tick)
-            if tick.decisions:
-                await self._dispatch_step(tick)
-                self.dirty = True
+            try:
+                for event_data in events:
+                    self.consumer.note_event()
+                    self.last_event_at = time.monotonic()
+                    self.received = max(self.received, int(event_data.sequence_number))
+                    if event_data.sequence_number <= floor:
+                        # Finished by definition: the SDK re-reads a checkpointed event when
+                        # the start position is inclusive, and hand-overs re-read up to it.
+                        continue
+                    await self._process_one(event_data, now)
+                    self.dirty = True
+                try:
+                    tick = self.pipeline.tick(now)
+                except Exception as exc:  # the held events stay held: tried again next batch
+                    self.log.error("release_failed", error=_first_line(exc))
+                    tick = Step()
+                with contextlib.suppress(Exception):
+                    self.consumer.metrics.step(self.partition_id, tick)
+                if tick.decisions:
+                    await self._dispatch_step(tick)
+                    self.dirty = True
+            except DeadLetterUnwritten:
+                self._unwritten()
             await self.save()
             self.consumer.metrics.held.labels(self.partition_id).set(self.held)
 
-    async def _dispatch_step(self, step: Step) -> None:
-        for decision in step.decisions:
-            self.consumer.watch_object(decision, self.partition_id)
-            await self._dispatch(decision)
-
-    async def _dispatch(self, decision: Decision) -> None:
-        event = decision.event
-        for failure in decision.failures:
-            self.log.warning(
-                "render_error", rule=failure.rule, event_id=event.id, error=failure.error
+    async def _process_one(self, event_data: Any, now: datetime) -> None:
+        seq = int(event_data.sequence_number)
+        mark = Mark(seq, str(event_data.offset))
+        try:
+            origin, body = origin_of(event_data, self.partition_id)
+            step = self.pipeline.feed(body, origin, now)  # type: ignore[union-attr]
+        except Exception as exc:  # a message the pipeline cannot handle at all
+            self.progress.received(mark, 1)  # held until its dead letter is written
+            await self._dead_letters(
+                f"{seq}-message", [_message_failure(event_data, self.partition_id, exc)]
             )
-            await self._dead_letter(f"{event.sequence_number}-{failure.key}", failure.dead_letter())
-        rules = list(dict.fromkeys(a.rule for a in decision.actions))
-        span = self.traces.start_event(decision) if self.traces is not None else None
-        self._submit(event, rules, list(decision.actions), span)
+            self.progress.finished(seq)
+            return
+        if self.traces is not None:
+            with contextlib.suppress(Exception):  # tracing must never cost an event
+                self.traces.received(event_data.properties, seq, step.decoded)
+        with contextlib.suppress(Exception):  # nor must metrics
+            self.consumer.metrics.step(self.partition_id, step, messages=1)
+        # The message's own dead letters (its invalid elements) count as one more unfinished
+        # part of it: the checkpoint cannot pass it before they are written.
+        self.progress.received(mark, step.decoded + (1 if step.rejections else 0))
+        await self._dispatch_step(step, rejected_at=seq)
+
+    async def _dispatch_step(self, step: Step, *, rejected_at: int | None = None) -> None:
+        """Dead-letter what the step rejected or could not render, in one write per step,
+        then hand the decisions' actions to delivery."""
+        records: list[tuple[str, Mapping[str, Any]]] = []
+        for index, rejection in enumerate(step.rejections):
+            name = f"{rejected_at if rejected_at is not None else 'released'}-element"
+            try:
+                if index < MAX_LOGGED_REJECTIONS:
+                    self.log.warning("invalid_body", where=rejection.describe())
+                element = "body" if rejection.index is None else str(rejection.index)
+                name = f"{rejection.origin.sequence_number}-{element}"
+                record: Mapping[str, Any] = dead_letter_for_rejection(rejection)
+            except Exception as exc:  # the record itself failed: keep what can be kept
+                record = _fallback_record("invalid_body", rejection, exc, self.partition_id)
+            records.append((name, record))
+        if len(step.rejections) > MAX_LOGGED_REJECTIONS:
+            self.log.warning(
+                "invalid_bodies_not_logged",
+                count=len(step.rejections) - MAX_LOGGED_REJECTIONS,
+                sequence_number=rejected_at,
+                message="more invalid elements in this message: see the dead letters",
+            )
+        for decision in step.decisions:
+            for failure in decision.failures:
+                seq = decision.event.origin.sequence_number
+                try:
+                    self.log.warning(
+                        "render_error",
+                        rule=failure.rule,
+                        event_id=decision.event.id,
+                        error=failure.error,
+                    )
+                    records.append((f"{seq}-{failure.key}", failure.dead_letter()))
+                except Exception as exc:
+                    records.append(
+                        (
+                            f"{seq}-render-error",
+                            _fallback_record("render_error", failure, exc, self.partition_id),
+                        )
+                    )
+        if records:
+            # One blob for all of them: the cost of a message's dead letters is one write
+            # whatever its size (DESIGN §7), and its name is deterministic, so a message
+            # processed again after a crash overwrites its dead letters instead of
+            # duplicating them.
+            name = records[0][0] if len(records) == 1 else _batch_name(records)
+            await self._dead_letters(name, [record for _, record in records])
+        if rejected_at is not None and step.rejections:
+            self.progress.finished(rejected_at)
         assert self.delivery is not None
-        await self.delivery.wait_below(MAX_JOBS_PER_PARTITION)  # backpressure, never drop
+        for decision in step.decisions:
+            try:
+                self._dispatch(decision)
+            except Exception as exc:  # never leave an event unfinished: dead-letter it
+                self.log.warning(
+                    "dispatch_failed", event_id=decision.event.id, error=_first_line(exc)
+                )
+                await self._dead_letters(
+                    f"{decision.event.sequence_number}-dispatch-"
+                    + _digest(f"{decision.event.topic}\n{decision.event.id}"),
+                    [_event_failure(decision, exc, self.partition_id)],
+                )
+                seq = decision.event.origin.sequence_number
+                if seq is not None:
+                    self.progress.finished(seq)
+                continue
+            await self.delivery.wait_below(MAX_JOBS_PER_PARTITION)  # backpressure, never drop
+
+    def _dispatch(self, decision: Decision) -> None:
+        """Hand one decision's actions to delivery. Whatever raises here happened before
+        the hand-over (the event is then still ours to finish: the caller dead-letters it);
+        once `delivery.submit` returned, the job finishes the event."""
+        event = decision.event
+        with contextlib.suppress(Exception):  # bookkeeping for a warning: never costs an event
+            self.consumer.watch_object(decision, self.partition_id)
+        rules = list(dict.fromkeys(a.rule for a in decision.actions))
+        span = None
+        if self.traces is not None:
+            with contextlib.suppress(Exception):
+                span = self.traces.start_event(decision)
+        self._submit(event, rules, list(decision.actions), span)
 
     def _submit(
         self, event: Any, rules: list[str], actions: list[PlannedAction], span: Any = None
@@ -402,29 +529,62 @@ class PartitionWorker:
                 self.progress.finished(seq)
             self.dirty = True
 
-        self.delivery.submit(event.object_key, actions, done, span=span)
+        try:
+            self.delivery.submit(event.object_key, actions, done, span=span)
+        except BaseException:
+            self.inflight.pop(token, None)  # not handed over: not pending either
+            raise
 
-    async def _dead_letter_rejection(self, rejection: Any) -> None:
-        self.log.warning("invalid_body", where=rejection.describe())
-        index = "body" if rejection.index is None else str(rejection.index)
-        await self._dead_letter(
-            f"{rejection.origin.sequence_number}-{index}", dead_letter_for_rejection(rejection)
+    def _unwritten(self) -> None:
+        self.unsaveable = True
+        self.consumer.stats.unsaved_partitions.add(self.partition_id)
+        self.log.error(
+            "state_not_saved",
+            reason="a dead letter could not be written before the partition closed",
+            message="the last saved checkpoint and state stay; the next owner reads the "
+            "messages after it again",
         )
 
     async def _dead_letter(self, name: str, record: Mapping[str, Any]) -> None:
-        """Dead letters must not be lost: retry the blob write until it lands."""
-        record = {"dead_lettered_at": time.time(), **record}
-        self.consumer.metrics.dead_letters.labels(str(record.get("kind", "unknown"))).inc()
+        """A failed action's dead letter (delivery calls this, outside the lock)."""
+        await self._dead_letters(name, [record])
+
+    async def _dead_letters(self, name: str, records: list[Mapping[str, Any]]) -> None:
+        """Dead letters must not be lost (DESIGN §7): one blob write for all of them,
+        retried with backoff until it lands. The caller keeps what they belong to
+        unfinished meanwhile, so the checkpoint cannot pass a dead letter not written.
+        A closing partition stops retrying (`DeadLetterUnwritten`): the message stays
+        before the checkpoint and its next owner reads it again."""
+        at = time.time()
+        records = [{"dead_lettered_at": at, **record} for record in records]
         delay = 0.5
         while True:
             try:
-                await self.store.dead_letter(self.partition_id, name, record)
-                self.consumer.stats.dead_letters += 1
-                return
-            except CheckpointError as exc:
-                self.log.warning("dead_letter_write_failed", error=str(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
+                await self.store.dead_letters(self.partition_id, name, records)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # storage, or anything else: count it, never drop it
+                self.consumer.stats.dead_letter_write_failures += 1
+                self.consumer.metrics.dead_letter_write_failures.inc()
+                wait = random.uniform(delay / 2, delay)
+                self.log.warning(
+                    "dead_letter_write_failed",
+                    dead_letter=name,
+                    records=len(records),
+                    error=_first_line(exc),
+                    retry_in_s=round(wait, 2),
+                    message="the checkpoint stays before this message until it is written",
+                )
+                if self.closing.is_set():
+                    raise DeadLetterUnwritten(name) from None
+                # Backs off (capped, jittered), and stops waiting as soon as close() begins.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.closing.wait(), wait)
                 delay = min(delay * 2, 30)
+        self.consumer.stats.dead_letters += len(records)
+        for record in records:
+            self.consumer.metrics.dead_letters.labels(str(record.get("kind", "unknown"))).inc()
 
     # --- saving -------------------------------------------------------------------------
 
@@ -437,7 +597,7 @@ class PartitionWorker:
         during_start: bool = False,
     ) -> None:
         """State, then checkpoint: at most once per interval unless forced (DESIGN §5)."""
-        if self.fenced or self.pipeline is None or self.handle is None:
+        if self.fenced or self.unsaveable or self.pipeline is None or self.handle is None:
             return
         now = time.monotonic()
         mark = self.progress.checkpoint()
@@ -508,6 +668,108 @@ class PartitionWorker:
             self.handle.records = fresh.records
             return True
         return False
+
+
+class DeadLetterUnwritten(Exception):
+    """A dead letter could not be written before the partition closed."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+def _digest(text: str) -> str:
+    """A short, stable hex digest of any string (lone surrogates included)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _batch_name(records: list[tuple[str, Mapping[str, Any]]]) -> str:
+    """A batch blob's name: its first record's, plus a digest of all the records' names,
+    so the same message processed again writes the same blob."""
+    return f"{records[0][0]}-batch-{_digest(chr(10).join(name for name, _ in records))}"
+
+
+def _fallback_record(kind: str, item: Any, exc: Exception, partition_id: str) -> dict[str, Any]:
+    """A dead letter for an item whose own record could not be built: what can be read
+    safely (its coordinates), and why."""
+    origin = getattr(item, "origin", None) or getattr(getattr(item, "event", None), "origin", None)
+    try:
+        source = origin.as_dict() if origin is not None else {"partition_id": partition_id}
+    except Exception:
+        source = {"partition_id": partition_id}
+    return {
+        "kind": kind,
+        "reason": f"the dead-letter record could not be built ({_first_line(exc)})",
+        "source": source,
+    }
+
+
+def _message_failure(event_data: Any, partition_id: str, exc: Exception) -> dict[str, Any]:
+    """A message the pipeline raised on: its coordinates and bytes, for a dead letter."""
+    record: dict[str, Any] = {
+        "kind": "invalid_body",
+        "reason": f"the message could not be processed ({_first_line(exc)})",
+        "source": {
+            "partition_id": partition_id,
+            "offset": str(event_data.offset),
+            "sequence_number": event_data.sequence_number,
+            "enqueued_time": str(getattr(event_data, "enqueued_time", None)),
+            "line": None,
+        },
+        "index": None,
+    }
+    try:
+        body = b"".join(event_data.body)
+        record["body_base64"] = base64.b64encode(body).decode("ascii")
+    except Exception:  # the body itself is what failed: the coordinates must do
+        record["body_base64"] = None
+    return record
+
+
+def _pending_failure(item: Any, exc: Exception, partition_id: str) -> dict[str, Any]:
+    """A saved in-flight event that cannot be restored: dead-lettered as it was saved."""
+    record: dict[str, Any] = {
+        "kind": "processing_error",
+        "reason": f"a saved in-flight event could not be restored ({_first_line(exc)})",
+        "source": {"partition_id": partition_id},
+        "pending": item,
+    }
+    with contextlib.suppress(Exception):
+        record["source"] = dict(item["origin"])
+        record["event_id"] = item["raw"]["id"]
+        record["event"] = item["raw"]
+    return record
+
+
+def _event_failure(decision: Decision, exc: Exception, partition_id: str) -> dict[str, Any]:
+    event = decision.event
+    record: dict[str, Any] = {
+        "kind": "processing_error",
+        "reason": f"the event could not be dispatched ({_first_line(exc)})",
+    }
+    try:
+        record.update(
+            event_id=event.id,
+            event_type=event.type,
+            subject=event.subject,
+            source=event.origin.as_dict(),
+            event=event.as_received(),
+        )
+    except Exception:  # the event itself is what failed: its coordinates must do
+        record.setdefault("source", {"partition_id": partition_id})
+    return record
+
+
+def _hub_unreachable(namespace: str, client: Any, exc: Exception) -> UnreachableError:
+    return UnreachableError(
+        "the event hub",
+        f"{namespace} (hub {getattr(client, 'eventhub_name', '?')})",
+        exc,
+        "Check AML_WORKER_EVENTHUB_CONNECTION_STRING (or _NAMESPACE and _NAME), that the "
+        "namespace and hub exist, and that this network reaches it on port 5671 (AMQP) or "
+        "443 with AML_WORKER_EVENTHUB_TRANSPORT=websocket.",
+    )
 
 
 def _left(deadline: float) -> float:
@@ -718,8 +980,8 @@ class Consumer:
             if not current or current == seen:
                 continue
             seen = current
-            try:
-                ruleset = load_rules(path, environ=self.environ)
+            try:  # off the event loop: a large file must not pause the partitions
+                ruleset = await asyncio.to_thread(load_rules, path, environ=self.environ)
             except RulesError as exc:
                 log.error(
                     "rules_reload_failed",
@@ -867,7 +1129,10 @@ class Consumer:
     async def run(self, client: Any, store: BlobPartitionStore) -> RunStats:
         self.client = client
         self.store = store
-        partition_ids = await client.get_partition_ids()
+        try:
+            partition_ids = await client.get_partition_ids()
+        except Exception as exc:
+            raise _hub_unreachable(store.fully_qualified_namespace, client, exc) from None
         positions, inclusive = self.start_positions.sdk(partition_ids)
         for pid in partition_ids:
             if self.start_positions.for_partition(pid).kind is PositionKind.LATEST:
@@ -1011,7 +1276,14 @@ async def run_worker(
         try:
             exists = await container.exists(retry_total=0, connection_timeout=10)
         except (ServiceRequestError, HttpResponseError, AzureError) as exc:
-            raise ConfigError(f"checkpoint storage at {address} is unreachable: {exc}") from None
+            raise UnreachableError(
+                "the checkpoint storage",
+                address,
+                exc,
+                "Check AML_WORKER_CHECKPOINT_STORE_CONNECTION_STRING (or _URL and the "
+                "identity's Storage Blob Data Contributor role), and that this network "
+                "reaches the account on port 443.",
+            ) from None
         if not exists:
             if not settings.create_container:
                 raise ConfigError(

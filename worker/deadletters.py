@@ -1,10 +1,16 @@
-"""Looking at dead letters: what failed, where it came from, and why (`deadletter list`)."""
+"""Looking at dead letters: what failed, where it came from, and why (`deadletter list`).
+
+Records come from `BlobPartitionStore.list_dead_letters`, one per dead letter whichever
+blob layout holds it (a single-record blob, or one record of a message's batch blob, with
+`item` its place in it).
+"""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
+
+from worker.jsontext import dumps, utf8_safe
 
 __all__ = ["filter_dead_letters", "redrive", "render_table", "to_json"]
 
@@ -50,11 +56,12 @@ def render_table(records: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(line.rstrip() for line in lines) + "\n"
+    return utf8_safe("\n".join(line.rstrip() for line in lines) + "\n")
 
 
 def to_json(records: list[dict[str, Any]]) -> str:
-    return json.dumps(records, indent=2, ensure_ascii=False, default=str) + "\n"
+    """Any record prints: a lone surrogate from an event stays as its JSON escape."""
+    return dumps(records, indent=2) + "\n"
 
 
 async def redrive(
@@ -122,9 +129,14 @@ async def redrive(
             ledger = ledgers[pid]
 
         async def dead_letter(
-            name: str, failed: dict[str, Any], blob: str = record["blob"]
+            name: str,
+            failed: dict[str, Any],
+            blob: str = record["blob"],
+            item: Any = record.get("item"),  # noqa: B008 - its place in a batch blob, if any
         ) -> None:
-            await store.update_dead_letter(blob, {**failed, "redrive_failed_at": time.time()})
+            await store.update_dead_letter(
+                blob, {**failed, "item": item, "redrive_failed_at": time.time()}
+            )
 
         delivery = Delivery(
             pid, executors, limits, environ=environ, ledger=ledger, dead_letter=dead_letter

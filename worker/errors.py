@@ -3,6 +3,7 @@
     WorkerError            (retryable: bool)
     ├── RulesError         a rules file is invalid: every problem, each located
     ├── ConfigError        a setting is invalid
+    │   └── UnreachableError   the hub or the checkpoint storage cannot be reached at start
     ├── SourceError        an event source cannot be read
     ├── CheckpointError    checkpoints or state cannot be read or written
     └── ActionError        an action failed (retryable says whether to try again)
@@ -23,6 +24,7 @@ __all__ = [
     "Problem",
     "RulesError",
     "SourceError",
+    "UnreachableError",
     "WorkerError",
 ]
 
@@ -54,6 +56,18 @@ class RulesError(WorkerError):
 
 class ConfigError(WorkerError):
     pass
+
+
+class UnreachableError(ConfigError):
+    """A service the worker needs does not answer at start: what, where, the likely fix.
+
+    `run` exits with its own code (4), so an orchestrator or a person can tell "fix the
+    address or the network" from "fix the rules file" (2) at a glance.
+    """
+
+    def __init__(self, what: str, where: str, error: BaseException | str, fix: str) -> None:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        super().__init__(f"{what} at {where} is unreachable: {first[:300]}. {fix}")
 
 
 class SourceError(WorkerError):

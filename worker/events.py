@@ -286,6 +286,8 @@ def parse_time(text: str) -> tuple[datetime, int]:
         raise ValueError(f"not a valid time: {text!r} ({exc})") from None
     offset = timedelta()
     if match.group("sign"):
+        if int(match.group("oh")) > 23 or int(match.group("om")) > 59:
+            raise ValueError(f"not a valid time: {text!r} (offset out of range)")
         offset = timedelta(hours=int(match.group("oh")), minutes=int(match.group("om")))
         if match.group("sign") == "-":
             offset = -offset
@@ -361,9 +363,13 @@ def _float(text: str) -> float | _Unusable:
 
 
 def _int(text: str) -> int | _Unusable:
-    if len(text) > 4000:  # past ~4300 digits Python will not even convert it
-        return _Unusable(f"an integer of {len(text)} digits is out of range")
-    return int(text)
+    # The interpreter's limit (`sys.get_int_max_str_digits()`, 4,300 digits), the one
+    # msgspec applies on the fast path too: a number decodes, or not, whichever path its
+    # body takes, and every integer that decodes can be written back as text.
+    try:
+        return int(text)
+    except ValueError:
+        return _Unusable(f"an integer of {len(text.lstrip('-'))} digits is out of range")
 
 
 _strict_loads = json.JSONDecoder(
@@ -403,7 +409,8 @@ def decode_body(
     `default_time` is the time a CloudEvent without `time` takes: the message's enqueued
     time in `run`, the previous event's time in a file replay.
     """
-    raw_bytes = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    # A str body with a lone surrogate keeps its (WTF-8) bytes, rejected below as not UTF-8.
+    raw_bytes = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     try:
         document = _fast_decode(raw_bytes)
     except Exception:  # not plain JSON for msgspec: the standard library decides and explains

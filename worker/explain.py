@@ -10,14 +10,38 @@ from __future__ import annotations
 from typing import Any
 
 from worker.events import MISSING, Event, Origin, Rejection, decode_body, iso_ticks
+from worker.jsontext import dumps
 from worker.plan import PlannedAction, plan_rule
 from worker.rules import Rule, RuleSet
 
 __all__ = ["explain_events", "render_text"]
 
 
+# A looked-at value nested deeper than this is shown as its JSON text: `explain --json`
+# writes the report with the standard library, whose recursion a value nested a thousand
+# levels deep (which a body may be) would exhaust (DESIGN §7).
+_MAX_SHOWN_DEPTH = 64
+
+
 def _shown(value: Any) -> Any:
-    return "<missing>" if value is MISSING else value
+    if value is MISSING:
+        return "<missing>"
+    if isinstance(value, dict | list) and _deeper_than(value, _MAX_SHOWN_DEPTH):
+        return dumps(value)
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 def explain_events(ruleset: RuleSet, body: bytes) -> tuple[list[dict[str, Any]], list[Rejection]]:

@@ -60,6 +60,11 @@ class Metrics:
         self.dead_letters = Counter(
             "aml_worker_dead_letters", "Dead letters written", ["kind"], registry=r
         )
+        self.dead_letter_write_failures = Counter(
+            "aml_worker_dead_letter_write_failures",
+            "Dead-letter blob writes that failed (retried: the checkpoint waits for them)",
+            registry=r,
+        )
         self.checkpoints = Counter(
             "aml_worker_checkpoint_writes", "Checkpoint writes", ["partition"], registry=r
         )

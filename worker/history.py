@@ -2,7 +2,8 @@
 
 Nothing is re-read from the hub: the partition state (dedupe memory, held and in-flight
 events), the ledger, the dead letters and the checkpoints together tell whether the event
-was seen, which actions ran or failed, and whether the checkpoint has passed it.
+was seen, which actions ran or failed, and whether the checkpoint has passed it. Dead letters
+are read in both layouts (single-record blobs and a message's batch blob).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.checkpoints import BlobPartitionStore
+from worker.jsontext import utf8_safe
 from worker.ordering import OrderingConfig, Sequencer
 
 __all__ = ["event_history", "render_history"]
@@ -111,4 +113,4 @@ def render_history(history: dict[str, Any]) -> str:
                 f"    sequence number {entry['sequence_number']} is {where} the checkpoint "
                 f"({entry['checkpoint']})"
             )
-    return "\n".join(lines) + "\n"
+    return utf8_safe("\n".join(lines) + "\n")  # an event's text may hold a lone surrogate

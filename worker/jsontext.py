@@ -9,12 +9,16 @@ these functions, so no event can make an encoder raise and lose what it was writ
   escape, which is valid JSON (RFC 8259 §7) and decodes back to the same `str`.
 - Plain-text outputs (an email subject, a header) cannot carry an escape: a lone surrogate
   becomes U+FFFD, the replacement character.
+- Depth is no limit either: a body nested as deeply as the decoder accepts (~1,000 levels)
+  is past what `json.dumps` can recurse into once the caller's own frames are on the
+  stack; such a value is written by an iterative encoder instead, to the same text.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from json.encoder import encode_basestring
 from typing import Any
 
 __all__ = ["dumps", "dumps_bytes", "text_bytes", "utf8_safe"]
@@ -35,14 +39,75 @@ def dumps(obj: Any, *, indent: int | None = None, default: Any = str) -> str:
     library would.
     """
     separators = (",", ":") if indent is None else (",", ": ")
-    text = json.dumps(
-        obj, ensure_ascii=False, separators=separators, indent=indent, default=default
-    )
+    try:
+        text = json.dumps(
+            obj, ensure_ascii=False, separators=separators, indent=indent, default=default
+        )
+    except RecursionError:
+        text = _dumps_deep(obj, default)  # compact even when `indent` asked: still JSON
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return _escape_surrogates(text)
     return text
+
+
+class _Text(str):
+    """Literal JSON text on `_dumps_deep`'s stack (as opposed to a value to encode)."""
+
+    __slots__ = ()
+
+
+_OPEN = {dict: _Text("{"), list: _Text("[")}
+_COMMA, _CLOSE_MAP, _CLOSE_LIST = _Text(","), _Text("}"), _Text("]")
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    if isinstance(key, int | float):
+        return json.dumps(key)
+    return str(key)
+
+
+def _dumps_deep(obj: Any, default: Any) -> str:
+    """Compact JSON of any depth, as `json.dumps(ensure_ascii=False)` writes it, without
+    recursion (an explicit stack). Only the rare value too deep for `json.dumps` comes here.
+    """
+    out: list[str] = []
+    stack: list[Any] = [obj]
+    pop, push, write = stack.pop, stack.append, out.append
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is _Text:
+            write(item)
+        elif isinstance(item, str):
+            write(encode_basestring(item))
+        elif item is None or item is True or item is False or isinstance(item, int | float):
+            write(json.dumps(item))
+        elif isinstance(item, dict):
+            pieces: list[Any] = [_OPEN[dict]]
+            for index, (key, value) in enumerate(item.items()):
+                if index:
+                    pieces.append(_COMMA)
+                pieces.append(_Text(encode_basestring(_key(key)) + ":"))
+                pieces.append(value)
+            pieces.append(_CLOSE_MAP)
+            stack.extend(reversed(pieces))
+        elif isinstance(item, list | tuple):
+            pieces = [_OPEN[list]]
+            for index, value in enumerate(item):
+                if index:
+                    pieces.append(_COMMA)
+                pieces.append(value)
+            pieces.append(_CLOSE_LIST)
+            stack.extend(reversed(pieces))
+        else:
+            push(default(item))
+    return "".join(out)
 
 
 def dumps_bytes(obj: Any, *, default: Any = str) -> bytes:

@@ -13,6 +13,7 @@ a clock, so replaying the same input gives the same output. The one wall-clock i
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import zlib
@@ -33,6 +34,7 @@ from worker.events import (
     restore_event,
     ticks_of,
 )
+from worker.jsontext import dumps_bytes
 
 __all__ = ["OrderingConfig", "Released", "Sequencer", "sequencer_key"]
 
@@ -66,11 +68,14 @@ class Released:
 
     `effective` is its clamped event time (ticks): every later use of event time (the
     throttle's clock) takes this one, so a wrongly dated event cannot move any clock.
+    `error`: judging it raised (it left the buffer all the same, DESIGN §7): the pipeline
+    dead-letters it instead of matching it.
     """
 
     event: Event
     late: bool
     effective: int
+    error: str | None = None
 
 
 @total_ordering
@@ -125,14 +130,16 @@ def _data_sequencer(data: dict[str, Any]) -> Any:
     return MISSING if name is None else data[name]
 
 
-def sequencer_key(event: Event) -> SeqKey:
-    """`data.sequencer` when present, else the event time (DESIGN §4)."""
+def sequencer_key(event: Event, effective: int | None = None) -> SeqKey:
+    """`data.sequencer` when present, else the event time (DESIGN §4) — its clamped time
+    (`effective`) when given, as every use of event time is (DESIGN §7): an event dated
+    far ahead cannot make its object's next events stale."""
     data = event.data
     if isinstance(data, dict):
         sequencer = _data_sequencer(data)
         if isinstance(sequencer, str | int) and not isinstance(sequencer, bool):
             return (1, _Padded(str(sequencer)))
-    return (0, event.time_ticks)
+    return (0, event.time_ticks if effective is None else effective)
 
 
 def _dump_key(key: SeqKey) -> list[Any]:
@@ -200,22 +207,31 @@ class Sequencer:
         return seen is not None and (self.max_time is None or seen >= self._cutoff())
 
     def push(self, event: Event, now: datetime | None = None) -> tuple[bool, list[Released]]:
-        """Offer one decoded event: (is it a duplicate?, events released by its arrival)."""
+        """Offer one decoded event: (is it a duplicate?, events released by its arrival).
+
+        All-or-nothing (DESIGN §7: a failure is the event's own, never the partition's):
+        whatever can raise is computed before the first change to the state, and judging
+        what it releases cannot raise (`_release_until`), so a push that fails left the
+        sequencer as it was and one that returns has taken the event.
+        """
         key = (fold_topic(event.topic), event.id)
         seen = self._seen
         previous = seen.get(key)
-        if previous is not None:
-            if self.max_time is None or previous >= self.max_time - self._window:
-                return True, []
-            del seen[key]
+        if previous is not None and (
+            self.max_time is None or previous >= self.max_time - self._window
+        ):
+            return True, []
         effective = self.effective_time(event)
+        arrived_at = ticks_of(now) if now else None
+        if previous is not None:
+            del seen[key]
         seen[key] = effective
         if self._tracking:
             self._dirty_seen[key] = None
         if self.max_time is None or effective > self.max_time:
             self.max_time = effective
         self._forget()
-        held = _Held(effective, self._counter, event, ticks_of(now) if now else None)
+        held = _Held(effective, self._counter, event, arrived_at)
         heapq.heappush(self._heap, (effective, self._counter, held))
         self._counter += 1
         if held.arrived_at is not None:
@@ -308,9 +324,20 @@ class Sequencer:
             batch.append(held)
         if not batch:
             return []
-        if len(batch) == 1:
-            return [self._judge(batch[0].event, batch[0].effective)]
-        return [self._judge(h.event, h.effective) for h in _per_object_order(batch)]
+        # They have left the heap: each must come out judged, whatever judging raises
+        # (DESIGN §7), or its message would never finish. `_judge` raises, if ever, before
+        # it changes anything; try costs nothing until something does.
+        if len(batch) > 1:
+            with contextlib.suppress(Exception):  # else time order: the batch is complete
+                batch = _per_object_order(batch)
+        released = []
+        for held in batch:
+            try:
+                released.append(self._judge(held.event, held.effective))
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                released.append(Released(held.event, False, held.effective, error))
+        return released
 
     def _judge(self, event: Event, effective: int) -> Released:
         """Stale = not newer than the last released event of its object and type.
@@ -321,7 +348,7 @@ class Sequencer:
         """
         if self.max_time is not None and effective < self.max_time - self._window:
             return Released(event, True, effective)
-        seq = sequencer_key(event)
+        seq = sequencer_key(event, effective)
         slot = (fold_topic(event.topic), event.subject, fold_type(event.type))
         last = self._last
         previous = last.get(slot)
@@ -428,7 +455,7 @@ class Sequencer:
 
     def to_bytes(self) -> bytes:
         """A compressed snapshot (tests, tools)."""
-        return zlib.compress(json.dumps(self.snapshot(), separators=(",", ":")).encode())
+        return zlib.compress(dumps_bytes(self.snapshot()))  # any string, any depth
 
     @classmethod
     def from_bytes(cls, config: OrderingConfig, data: bytes) -> Sequencer:
@@ -453,7 +480,8 @@ def _per_object_order(batch: list[_Held]) -> list[_Held]:
         if len(positions) < 2:
             continue
         members = sorted(
-            (batch[p] for p in positions), key=lambda h: (sequencer_key(h.event), h.arrival)
+            (batch[p] for p in positions),
+            key=lambda h: (sequencer_key(h.event, h.effective), h.arrival),
         )
         for position, held in zip(positions, members, strict=True):
             result[position] = held

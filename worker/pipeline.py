@@ -99,22 +99,32 @@ class Summary:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def _reason(exc: BaseException) -> str:
-    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+def _reason(exc: BaseException | str) -> str:
+    if isinstance(exc, str):
+        return exc
+    try:
+        text = str(exc)
+    except Exception:  # an exception that cannot even say what it is
+        text = ""
+    first = text.splitlines()[0][:200] if text else ""
     return f"{type(exc).__name__}: {first}"
 
 
 def _rejected(event: Event, exc: Exception) -> Rejection:
-    """An event the pipeline could not handle, as an invalid element (dead-lettered)."""
+    """An event the pipeline could not take in, as an invalid element (dead-lettered)."""
+    try:
+        body = dumps_bytes(event.as_received())
+    except Exception:  # the reason and the coordinates must do
+        body = b""
     return Rejection(
         f"event {event.id!r} could not be processed ({_reason(exc)})",
         event.origin,
         None,
-        dumps_bytes(event.as_received()),
+        body,
     )
 
 
-def _failed(rule: Rule, event: Event, exc: Exception) -> list[RenderFailure]:
+def _failed(rule: Rule, event: Event, exc: Exception | str) -> list[RenderFailure]:
     """Every action of a rule that failed on this event, as dead letters with the reason."""
     error = f"processing failed ({_reason(exc)})"
     return [
@@ -162,13 +172,23 @@ class PartitionPipeline:
             default_time = self._last_time  # file replay: the previous event's time
         events, rejections = decode_body(body, origin, default_time=default_time)
         step = Step(rejections=list(rejections), decoded=len(events))
+        decisions = step.decisions
         for event in events:
             self._last_time = (event.time, event.time_ticks)
+            # One event's failure is its own (DESIGN §7). Taking it in (checks, dedupe,
+            # buffer) is all-or-nothing: if that raises, the sequencer never had it, and it
+            # is an invalid element (its dead letter is the message's). Once taken, it gets
+            # its outcome whatever happens, as every event it releases does (`_decide`).
             try:
-                step.decisions.extend(self._admit(event, now))
-            except Exception as exc:  # one event's failure is its own (DESIGN §7)
+                first, released = self._admit(event, now)
+            except Exception as exc:
                 step.decoded -= 1  # no outcome: counted (and dead-lettered) as invalid
                 step.rejections.append(_rejected(event, exc))
+                continue
+            if first is not None:
+                decisions.append(first)
+            if released:
+                decisions.extend(self._decide(released))
         self.summary.events += step.decoded
         self.summary.add(step)
         return step
@@ -186,18 +206,45 @@ class PartitionPipeline:
         self.summary.add(step)
         return step
 
-    def _admit(self, event: Event, now: datetime | None) -> list[Decision]:
+    def _admit(self, event: Event, now: datetime | None) -> tuple[Decision | None, list[Released]]:
+        """The event's own outcome when it has one at once, and what its arrival releases."""
         if not self.ruleset.allows_topic(event.topic):
-            return [Decision(event, Outcome.FOREIGN_TOPIC)]
+            return Decision(event, Outcome.FOREIGN_TOPIC), []
         if not self.ruleset.knows_type(event.type):
-            return [Decision(event, Outcome.UNKNOWN_TYPE)]
+            return Decision(event, Outcome.UNKNOWN_TYPE), []
         duplicate, released = self.sequencer.push(event, now)
-        decisions = [Decision(event, Outcome.DUPLICATE)] if duplicate else []
-        decisions.extend(self._decide(released))
-        return decisions
+        return (Decision(event, Outcome.DUPLICATE) if duplicate else None), released
 
     def _decide(self, released: Iterable[Released]) -> list[Decision]:
-        return [self._match(item) for item in released]
+        """One decision per released event, always: an event out of the buffer that got
+        none would never finish, and its message would hold the checkpoint forever."""
+        decisions = []
+        for item in released:
+            if item.error is not None:
+                decisions.append(self._broken(item, item.error))
+                continue
+            try:
+                decisions.append(self._match(item))
+            except Exception as exc:  # beyond the per-rule guard in `_match`
+                decisions.append(self._broken(item, exc))
+        return decisions
+
+    def _broken(self, item: Released, exc: Exception | str) -> Decision:
+        """An event that could not be matched: dead-lettered (one record per action of each
+        rule of its type, with the reason), counted as an outcome plus `render_errors`."""
+        event = item.event
+        try:
+            if item.late:
+                event = dataclasses.replace(event, late=True)
+            rules: Iterable[Rule] = self.ruleset.rules_for(event.type)
+        except Exception:
+            rules = self.ruleset.rules
+        try:
+            failures = tuple(f for rule in rules for f in _failed(rule, event, exc))
+        except Exception:  # nothing left to say but the outcome: still counted
+            failures = ()
+        matched = Outcome.MATCHED if failures else Outcome.UNMATCHED
+        return Decision(event, Outcome.STALE if item.late else matched, (), failures)
 
     def _match(self, item: Released) -> Decision:
         event = dataclasses.replace(item.event, late=True) if item.late else item.event

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from email.utils import formataddr, getaddresses
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,9 @@ def load_rules(
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_RULES_BYTES:
+            raise RulesError([_too_large(str(path), size)])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RulesError([Problem(str(path), 1, 1, "rules file not found")]) from None
@@ -317,10 +321,15 @@ def parse_rules(
         os.environ if environ is None else environ,
         secrets,
     )
+    if len(text) > MAX_RULES_BYTES:
+        raise RulesError([_too_large(filename, len(text.encode("utf-8", "surrogatepass")))])
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
+        _check_expansion(yaml.compose(text), filename)
         document = yaml.load(text)
+    except RulesError:
+        raise
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line, mark.column) if mark else (0, 0)
@@ -337,6 +346,80 @@ def parse_rules(
 
 
 Pos = tuple[int, int]  # 0-based, as ruamel keeps them
+
+# Bounds on a rules file (DESIGN §7): a real one is a few KiB; these stop a file that would
+# take minutes to parse or, through YAML aliases, expand to millions of nodes.
+MAX_RULES_BYTES = 256 * 1024
+MAX_EXPANDED_NODES = 100_000
+JOB_ROOTS_VARIABLE = "AML_WORKER_JOB_ROOTS"
+
+
+def _split_literal_addresses(entries: list[str]) -> list[str]:
+    """Recipients the rules author wrote as one comma-separated entry become one entry
+    each. Only literal text is split: an entry with a template must render to exactly one
+    address when sent (DESIGN §7), so event data can never add a recipient."""
+    result: list[str] = []
+    for entry in entries:
+        if any(marker in entry for marker in ("{{", "{%", "{#", "${")):
+            result.append(entry)
+            continue
+        result.extend(formataddr(pair) for pair in getaddresses([entry]) if pair[1])
+    return result
+
+
+def _too_large(filename: str, size: int) -> Problem:
+    return Problem(
+        filename,
+        1,
+        1,
+        f"rules file is {size:,} bytes; the limit is {MAX_RULES_BYTES:,} (split large "
+        "parameter values out of it: a job YAML, a template file)",
+    )
+
+
+def _check_expansion(root: Any, filename: str) -> None:
+    """Refuse a document whose aliases expand past MAX_EXPANDED_NODES, or refer to
+    themselves, before anything walks it (a 'billion laughs' is a few lines of YAML)."""
+    if root is None:
+        return
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def fail(node: Any, message: str) -> RulesError:
+        mark = node.start_mark
+        return RulesError([Problem(filename, mark.line + 1, mark.column + 1, message)])
+
+    # Iterative post-order over the node graph; aliases are shared nodes, sized once.
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            visiting.discard(key)
+            value = node.value if isinstance(node.value, list) else []
+            total = 1
+            for child in value:
+                for part in child if isinstance(child, tuple) else (child,):
+                    total += sizes[id(part)]
+            if total > MAX_EXPANDED_NODES:
+                raise fail(
+                    node,
+                    f"YAML aliases expand this file past {MAX_EXPANDED_NODES:,} nodes; "
+                    "write the values out instead of nesting aliases",
+                )
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in visiting:
+            raise fail(node, "a YAML alias refers to the node that contains it")
+        visiting.add(key)
+        stack.append((node, True))
+        if isinstance(node.value, list):
+            for child in node.value:
+                for part in child if isinstance(child, tuple) else (child,):
+                    if id(part) not in sizes:
+                        stack.append((part, False))
 
 
 def _pos_key(node: Any, key: Any) -> Pos:
@@ -942,6 +1025,14 @@ class _Checker:
             return str(value)
         if kind is Kind.PATH:
             path = (self.base_dir / value).resolve()
+            roots = self.job_roots()
+            if not any(path.is_relative_to(root) for root in roots):
+                self.error(
+                    pos,
+                    f"'{key}': {value!r} resolves to {path}, outside the rules file's folder "
+                    f"{roots[0]}; put it there, or list its folder in {JOB_ROOTS_VARIABLE}",
+                )
+                return None
             if not path.is_file():
                 self.error(pos, f"'{key}': file {value!r} not found (looked for {path})")
                 return None
@@ -950,6 +1041,8 @@ class _Checker:
             return self.auth(value, pos)
         if kind is Kind.TEMPLATE_MAP:
             value = {k: str(v) for k, v in value.items()}
+        if key in ("to", "cc") and kind is Kind.TEMPLATES:
+            value = _split_literal_addresses(value)
         if (
             key == "url"
             and isinstance(value, str)
@@ -968,9 +1061,18 @@ class _Checker:
             return None
         return {"type": "entra", "scope": Template.compile(value["scope"])}
 
+    def job_roots(self) -> list[Path]:
+        """Folders an action's files may be in (DESIGN §7): the rules file's own, plus the
+        ones the operator lists in AML_WORKER_JOB_ROOTS (path-separated)."""
+        extra = self.environ.get(JOB_ROOTS_VARIABLE, "")
+        return [self.base_dir.resolve()] + [
+            Path(entry).resolve() for entry in extra.split(os.pathsep) if entry.strip()
+        ]
+
     def compile(self, value: Any, pos: Pos, key: str) -> Any:
         try:
-            return compile_params(_plain(value))
+            # An email's `html` is HTML: what its expressions output is escaped (DESIGN §7).
+            return compile_params(_plain(value), html=key == "html")
         except TemplateSyntaxError as exc:
             line = pos[0] + (exc.lineno or 1) - 1
             self.error((line, pos[1]), f"template error in '{key}': {exc.message}")
@@ -980,10 +1082,13 @@ class _Checker:
         if self.secrets_mode == "ignore":
             return
         for name in action.secrets:
-            if name in self.environ:
+            value = self.environ.get(name)
+            if value:
                 continue
             where = _secret_pos(node, name) or _pos(node)
             message = f"secret ${{{name}}} is not set in the environment"
+            if value is not None:  # an empty credential would go out as `Bearer ` (§3)
+                message = f"secret ${{{name}}} is empty in the environment: set a value"
             if self.secrets_mode == "warn":
                 self.warn(where, message)
             else:

@@ -25,6 +25,8 @@ missing or reaches a non-object — renders through Jinja, which stays the refer
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import secrets as _random
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -439,10 +441,14 @@ class Redactor:
 
     `masked` is `mask(planned.params)` (secrets as `***`), `revealed` the same tree with the
     values substituted. Each revealed string that differs from its masked form is replaced
-    by that form, and the substituted values themselves (recovered by aligning the two, plus
-    their URL-quoted forms) are replaced by `***` wherever else they appear: in a response
-    body that echoes a header, or in a library's exception text that quotes the URL.
+    by that form, and the substituted values themselves (recovered by aligning the two) are
+    replaced by `***` wherever else they appear, raw or encoded as a peer or a library may
+    echo them (see `_encoded_forms`): in a response body that echoes a header, or in a
+    library's exception text that quotes the URL.
     """
+
+    # A response cut off mid-secret ends with a prefix of it: that long a prefix is masked.
+    _MIN_PARTIAL = 4
 
     def __init__(self, masked: Any, revealed: Any, extra: Iterable[str] = ()) -> None:
         whole: dict[str, str] = {}
@@ -451,14 +457,15 @@ class Redactor:
             if shown != real:
                 whole[real] = shown
                 values.update(_secret_parts(shown, real))
-        values |= {quote(v, safe="") for v in values} | {quote_plus(v) for v in values}
+        self._secrets = {v for v in values if v}
         self._whole = sorted(whole.items(), key=lambda item: -len(item[0]))
-        self._values = sorted(values, key=len, reverse=True)
+        self._values = _search_order(self._secrets)
 
     def add(self, value: str | None) -> None:
-        if value and value not in self._values:
-            self._values.append(value)
-            self._values.sort(key=len, reverse=True)
+        """One more value to hide (a token fetched while sending)."""
+        if value and value not in self._secrets:
+            self._secrets.add(value)
+            self._values = _search_order(self._secrets)
 
     def __call__(self, text: str) -> str:
         for real, shown in self._whole:
@@ -466,6 +473,73 @@ class Redactor:
         for value in self._values:
             text = text.replace(value, MASK)
         return text
+
+    def excerpt(self, text: str, limit: int) -> str:
+        """At most `limit` characters of `text` on one line, redacted *before* it is cut
+        (DESIGN §7: a cut first would leave a secret's head where no redaction sees it).
+
+        Redacted as received (a secret with a line break in it) and again once whitespace
+        is folded; a text that ends with the head of a secret (a response read only in
+        part) has that head masked too.
+        """
+        text = self(" ".join(self(text).split()))
+        head = 0  # the longest head of any form the text ends with
+        for value in self._values:
+            for size in range(min(len(value) - 1, len(text)), max(head, self._MIN_PARTIAL - 1), -1):
+                if text.endswith(value[:size]):
+                    head = size
+                    break
+        if head:
+            text = text[:-head] + MASK
+        return text if len(text) <= limit else text[:limit] + "..."
+
+
+# Encoded forms shorter than this are not searched for: the base64 core of a 1-3 byte value
+# would mask unrelated text (the value itself always is).
+_MIN_FORM = 4
+# What URL encoders leave unquoted: nothing, a path's "/", RFC 3986's sub-delimiters.
+_URL_SAFE = ("", "/", "/:@!$&'()*+,;=")
+
+
+def _search_order(values: Iterable[str]) -> list[str]:
+    """Every form of every value, longest first (so a longer form is masked whole)."""
+    return sorted(_encoded_forms(values), key=lambda form: (-len(form), form))
+
+
+def _encoded_forms(values: Iterable[str]) -> set[str]:
+    """A secret as a peer or a library may echo it: raw, whitespace-folded, URL-quoted
+    (three ways, and `+` for spaces), JSON-escaped (ASCII or not, `\\/` or not),
+    HTML-escaped, and base64 (standard and URL-safe) at each of the three byte alignments,
+    so it is found inside a longer base64 text too (`user:secret` Basic credentials,
+    SMTP AUTH PLAIN)."""
+    import html  # only when a redactor is built: an action failed or is being sent
+
+    forms: set[str] = set()
+    for value in values:
+        raw = value.encode("utf-8", "surrogatepass")
+        escaped = json.dumps(value)[1:-1]
+        unescaped = json.dumps(value, ensure_ascii=False)[1:-1]
+        found = {
+            value,
+            " ".join(value.split()),
+            quote_plus(value),
+            escaped,
+            escaped.replace("/", "\\/"),
+            unescaped,
+            unescaped.replace("/", "\\/"),
+            html.escape(value),
+            html.escape(value, quote=False),
+            *(quote(value, safe=safe) for safe in _URL_SAFE),
+        }
+        for shift in range(3):
+            encoded = base64.b64encode(b"\0" * shift + raw).decode("ascii")
+            # Only the characters made of the value's own bits: not those sharing bits
+            # with the bytes before it (the shift) or after it (the end).
+            core = encoded[-(-shift * 8 // 6) : (shift + len(raw)) * 8 // 6]
+            found.update((core, core.replace("+", "-").replace("/", "_")))
+        forms.update(form for form in found if form == value or len(form) >= _MIN_FORM)
+    forms.discard("")
+    return forms
 
 
 def _string_pairs(masked: Any, revealed: Any) -> Iterator[tuple[str, str]]:

@@ -213,12 +213,8 @@ def _arm_error(redact: Redactor, body: bytes) -> str:
         text = f"{error.get('code') or 'Error'}: {error.get('message') or ''}"
     else:
         text = body.decode("utf-8", errors="replace") or "(empty body)"
-    return _clip(redact(" ".join(text.split())))
+    return redact.excerpt(text, _SHOWN_CHARS)
 
 
 def _short(redact: Redactor, exc: BaseException) -> str:
-    return _clip(redact(" ".join((str(exc) or type(exc).__name__).split())))
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+    return redact.excerpt(str(exc) or type(exc).__name__, _SHOWN_CHARS)

@@ -378,10 +378,7 @@ class _Submission:
     # --- errors -------------------------------------------------------------------------------
 
     def _text(self, exc: BaseException) -> str:
-        text = " ".join((str(exc) or type(exc).__name__).split())
-        if len(text) > _SHOWN_CHARS:
-            text = text[:_SHOWN_CHARS] + "..."
-        return self.redact(text)
+        return self.redact.excerpt(str(exc) or type(exc).__name__, _SHOWN_CHARS)
 
     def _azure_error(self, exc: Exception) -> ActionError:
         from azure.core.exceptions import (

@@ -14,11 +14,12 @@ repeat it for the others); the refusals are logged and returned.
 
 from __future__ import annotations
 
+import re
 import ssl
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from typing import Any
 
 import aiosmtplib
@@ -26,6 +27,7 @@ import structlog
 
 from worker.errors import ActionError
 from worker.events import iso_ticks
+from worker.jsontext import utf8_safe
 from worker.plan import PlannedAction
 from worker.templates import Redactor, mask
 
@@ -47,25 +49,46 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+# One mailbox: `local@domain`, or `Name <local@domain>` / `"Name" <local@domain>`. No
+# whitespace, comma, semicolon, quote, bracket or control character inside the address, so
+# one rendered entry can never become two recipients or a header (DESIGN §7).
+_ADDR_SPEC = r"[^\s@<>(),;:\"\[\]\\]+@[^\s@<>(),;:\"\[\]\\]+"
+_QUOTED_NAME = r'"[^"\\\x00-\x1f\x7f]*"'
+_PLAIN_NAME = r"[^\"<>@,;:\\\x00-\x1f\x7f]*?"
+_MAILBOX_RE = re.compile(
+    rf"[ ]*(?:(?P<bare>{_ADDR_SPEC})"
+    rf"|(?P<name>{_QUOTED_NAME}|{_PLAIN_NAME})[ ]*<(?P<addr>{_ADDR_SPEC})>)[ ]*"
+)
+
+
+def _mailbox(entry: Any, field: str) -> Address:
+    """Exactly one address, or a permanent failure naming the parameter."""
+    text = utf8_safe(str(entry))
+    match = _MAILBOX_RE.fullmatch(text)
+    if match is None or any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise ActionError(
+            f"email: '{field}' entry {_one_line(text)[:120]!r} is not exactly one email address "
+            "(one address per list entry; no commas, semicolons or line breaks)",
+            retryable=False,
+        )
+    name = (match.group("name") or "").strip().strip('"')
+    addr = match.group("bare") or match.group("addr")
+    try:
+        return Address(display_name=name, addr_spec=addr)
+    except (ValueError, IndexError) as exc:
+        raise ActionError(
+            f"email: '{field}' holds {addr!r}, which is not an email address ({exc})",
+            retryable=False,
+        ) from None
+
+
 def _addresses(entries: Any, field: str) -> list[Address]:
-    """`to`/`cc` entries, each of which may hold several comma-separated addresses."""
+    """`to`/`cc` entries: a list (or one string), each entry exactly one address."""
     if entries is None:
         return []
     if isinstance(entries, str):
         entries = [entries]
-    found: list[Address] = []
-    for entry in entries:
-        for name, addr in getaddresses([_one_line(entry)]):
-            if not addr:
-                continue
-            try:
-                found.append(Address(display_name=name, addr_spec=addr))
-            except (ValueError, IndexError) as exc:
-                raise ActionError(
-                    f"email: '{field}' holds {addr!r}, which is not an email address ({exc})",
-                    retryable=False,
-                ) from None
-    return found
+    return [_mailbox(entry, field) for entry in entries if str(entry).strip()]
 
 
 def _summary(planned: PlannedAction) -> str:
@@ -98,15 +121,16 @@ def build_message(
         message["To"] = to
     if cc:
         message["Cc"] = cc
-    message["Subject"] = _one_line(params.get("subject") or f"Azure ML event {planned.event.type}")
+    subject = params.get("subject") or f"Azure ML event {planned.event.type}"
+    message["Subject"] = utf8_safe(_one_line(subject))
     message["Date"] = format_datetime(datetime.now(UTC), usegmt=True)
     message["Message-ID"] = message_id(planned.key)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
     body = params.get("body")
-    message.set_content(_summary(planned) if body is None else str(body))
+    message.set_content(utf8_safe(_summary(planned) if body is None else str(body)))
     html = params.get("html")
     if html:
-        message.add_alternative(str(html), subtype="html")
+        message.add_alternative(utf8_safe(str(html)), subtype="html")
     recipients = list(dict.fromkeys(a.addr_spec for a in (*to, *cc)))
     return message, senders[0].addr_spec, recipients
 
@@ -128,9 +152,7 @@ def _is_cert_error(exc: BaseException) -> bool:
 
 
 def _reply(exc: aiosmtplib.SMTPResponseException, redact: Redactor) -> str:
-    text = _one_line(redact(exc.message))
-    if len(text) > _SHOWN_REPLY_CHARS:
-        text = text[:_SHOWN_REPLY_CHARS] + "..."
+    text = redact.excerpt(exc.message, _SHOWN_REPLY_CHARS)
     return f"{exc.code} {text}".strip()
 
 

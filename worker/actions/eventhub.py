@@ -12,11 +12,11 @@ or the SDK's values would be doubled. Without the plugin we stamp the action spa
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from worker import tracing
 from worker.errors import ActionError
+from worker.jsontext import dumps_bytes, text_bytes, utf8_safe
 from worker.plan import PlannedAction
 from worker.settings import Settings
 
@@ -78,15 +78,22 @@ class EventHubExecutor:
             OperationTimeoutError,
         )
 
+        # Any string survives (DESIGN §7): JSON keeps a lone surrogate as its escape, and
+        # AMQP strings (a property, the partition key) get U+FFFD instead.
         body = params.get("body")
         if body is None:
-            payload = json.dumps(planned.event.as_received(), ensure_ascii=False).encode()
+            payload = dumps_bytes(planned.event.as_received())
         elif isinstance(body, str):
-            payload = body.encode("utf-8")
+            payload = text_bytes(body)
         else:
-            payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+            payload = dumps_bytes(body)
         partition_key = params.get("partition_key", planned.event.subject) or None
-        properties = {str(k): v for k, v in (params.get("properties") or {}).items()}
+        if partition_key is not None:
+            partition_key = utf8_safe(str(partition_key))
+        properties = {
+            utf8_safe(str(k)): utf8_safe(v) if isinstance(v, str) else v
+            for k, v in (params.get("properties") or {}).items()
+        }
         properties[IDEMPOTENCY_PROPERTY] = planned.key
         if tracing.enabled() and not tracing.azure_sdk_traced():
             properties.update(tracing.message_properties())

@@ -31,6 +31,7 @@ from worker import tracing
 from worker.actions import parse_retry_after
 from worker.errors import ActionError
 from worker.events import Event, Schema, iso_ticks
+from worker.jsontext import dumps_bytes, text_bytes
 from worker.plan import PlannedAction
 from worker.templates import Redactor, mask
 
@@ -69,7 +70,7 @@ _BAD_URL_ERRORS = tuple(
 
 
 def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+    return dumps_bytes(value)  # any string, a lone surrogate included (DESIGN §7)
 
 
 def eventgrid_of(event: Event) -> dict[str, Any]:
@@ -120,8 +121,8 @@ def request_body(event: Event, params: Mapping[str, Any]) -> tuple[bytes | None,
         try:
             json.loads(body)
         except ValueError:
-            return body.encode(), TEXT_CONTENT_TYPE
-        return body.encode(), JSON_CONTENT_TYPE
+            return text_bytes(body), TEXT_CONTENT_TYPE
+        return text_bytes(body), JSON_CONTENT_TYPE
     if body is not None:
         return _json_bytes(body), JSON_CONTENT_TYPE
     if _method(params) == "GET":
@@ -135,11 +136,8 @@ def _method(params: Mapping[str, Any]) -> str:
     return str(params.get("method") or "POST").upper()
 
 
-def _excerpt(raw: bytes) -> str:
-    text = " ".join(raw.decode("utf-8", errors="replace").split())
-    if len(text) > _SHOWN_BODY_CHARS:
-        text = text[:_SHOWN_BODY_CHARS] + "..."
-    return text
+def _excerpt(raw: bytes, redact: Redactor) -> str:
+    return redact.excerpt(raw.decode("utf-8", errors="replace"), _SHOWN_BODY_CHARS)
 
 
 async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -237,7 +235,7 @@ class WebhookExecutor:
         except TimeoutError:
             raise
         except Exception as exc:
-            detail = _excerpt(redact(str(exc)).encode())
+            detail = redact.excerpt(str(exc), _SHOWN_BODY_CHARS)
             raise ActionError(
                 f"webhook: could not get an Entra token for scope {shown_scope}: "
                 f"{type(exc).__name__}: {detail}",
@@ -269,7 +267,7 @@ class WebhookExecutor:
         headers["Idempotency-Key"] = planned.key
         secret = params.get("hmac_secret")
         if secret:
-            digest = hmac.new(secret.encode(), body or b"", hashlib.sha256).hexdigest()
+            digest = hmac.new(text_bytes(secret), body or b"", hashlib.sha256).hexdigest()
             headers[SIGNATURE_HEADER] = f"sha256={digest}"
 
         if not tracing.enabled():
@@ -322,7 +320,7 @@ class WebhookExecutor:
                     if 200 <= status < 300:
                         await _read_at_most(response, _DRAIN_LIMIT_BYTES)
                         return {"status": status, "method": method, "url": shown_url}
-                    excerpt = _excerpt(await _read_at_most(response, 4096))
+                    excerpt = _excerpt(await _read_at_most(response, 4096), redact)
                     retry_after_s = parse_retry_after(response.headers.get("Retry-After"))
                     location = response.headers.get("Location")
         except ActionError:
