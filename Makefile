@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 
 AZURITE := node_modules/.bin/azurite-blob
 
-.PHONY: test lint demo replay-demo soak bench image-check clean
+.PHONY: test lint demo replay-demo soak fuzz bench image-check clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,11 @@ replay-demo: $(STAMP)
 # The long reliability experiments (tests/chaos; `make test` runs their short forms).
 soak: $(STAMP) $(AZURITE)
 	AML_WORKER_SOAK=full $(VENV)/bin/pytest -q -s tests/chaos
+
+# Hostile event content, long form (`make test` runs one `run` example and 300 pipeline
+# examples): figures to bench/results/fuzz.json.
+fuzz: $(STAMP) $(AZURITE)
+	AML_WORKER_FUZZ=full $(VENV)/bin/pytest -q tests/test_fuzz.py
 
 # The performance bench: figures to bench/results/*.json.
 bench: $(STAMP) $(AZURITE)

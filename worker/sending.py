@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from worker.jsontext import utf8_safe
 from worker.settings import Settings
 from worker.source import read_jsonl
 
@@ -37,7 +38,7 @@ def subject_of(body: bytes) -> str | None:
     if isinstance(document, list) and document:
         document = document[0]
     if isinstance(document, dict) and isinstance(document.get("subject"), str):
-        return document["subject"]
+        return utf8_safe(document["subject"])  # a partition key is AMQP text: no surrogate
     return None
 
 
