@@ -18,6 +18,9 @@ from tests.conftest import TOPIC
 from tests.hostile_corpus import CASES, SECRET_ENV
 
 __all__ = [
+    "HOSTILE_NUMBERS",
+    "deep_json",
+    "deep_value",
     "hostile_bodies",
     "hostile_events",
     "hostile_text",
@@ -76,6 +79,8 @@ hostile_times = st.one_of(
     st.sampled_from(
         [
             "2024-06-10T10:00:00Z",
+            "2024-06-10T10:00:00+99:99",
+            "2024-06-10T10:00:00.99999999999999999999+23:59",
             "2024-06-10T10:00:00.1234567Z",
             "0001-01-01T00:00:00+01:00",
             "0001-01-01T00:00:00Z",
@@ -144,6 +149,39 @@ def hostile_events(draw: Any) -> dict[str, Any]:
     return event
 
 
+# JSON number texts past some range: NaN and the infinities are not JSON (RFC 8259) though
+# Python's json reads them; 1e400 overflows a float; 4,300 digits is the interpreter's (and
+# msgspec's) integer limit, so the first two must decode and the third must not.
+HOSTILE_NUMBERS = [
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "9" * 4300,
+    "-" + "9" * 4300,
+    "9" * 4301,
+    "9" * 5000,
+    "1." + "0" * 5000,
+]
+
+
+def deep_value(depth: int, leaf: Any = 0) -> Any:
+    """`leaf` inside `depth` alternating lists and objects (no recursion to build it)."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def deep_json(depth: int, leaf: str = "0") -> str:
+    """`deep_value` as JSON text, built without `json.dumps` (which could not go as deep)."""
+    opening = "".join("[" if level % 2 else '{"k":' for level in reversed(range(depth)))
+    closing = "".join("]" if level % 2 else "}" for level in range(depth))
+    return opening + leaf + closing
+
+
 def _splice(text: str, raw: str) -> str:
     """Swap the first JSON string value for raw JSON text (NaN, a huge integer)."""
     start = text.find(': "')
@@ -156,20 +194,47 @@ def _splice(text: str, raw: str) -> str:
 
 
 @st.composite
-def hostile_bodies(draw: Any) -> bytes:
-    """One Event Hubs message body: JSON of hostile events, or worse."""
-    kind = draw(st.integers(0, 9))
+def hostile_bodies(draw: Any, *, extreme: bool = False) -> bytes:
+    """One Event Hubs message body: JSON of hostile events, or worse.
+
+    `extreme=True` adds heavier kinds: `data` at the decoder's depth limit, batches of
+    hundreds of elements (bodies up to ~1 MB, Event Hubs' own limit) and raw UTF-8 (private
+    use and invalid WTF-8 bytes rather than escapes). The pure core's tests take them
+    (tests/test_hostile_core.py); a run through a hub may prefer the lighter default.
+    """
+    kind = draw(st.integers(0, 12 if extreme else 9))
     if kind <= 4:
         return json.dumps(draw(hostile_events())).encode()
     if kind == 5:
         elements = draw(st.lists(st.one_of(hostile_events(), hostile_values), max_size=20))
         return json.dumps(elements).encode()
     if kind == 6:
-        raw = draw(st.sampled_from(["NaN", "Infinity", "-Infinity", "1e400", "9" * 5000]))
+        raw = draw(st.sampled_from(HOSTILE_NUMBERS))
         return _splice(json.dumps(draw(hostile_events())), raw).encode()
     if kind == 7:
         depth = draw(st.integers(1, 50_000))
         return ("[" * depth + "]" * depth).encode()
     if kind == 8:
         return draw(st.binary(max_size=64))
+    if kind == 10:
+        # `data` about as deep as a decoder goes (~1,000 levels, less the caller's frames):
+        # just inside, it reaches templates, filters and every encoder.
+        event = draw(hostile_events())
+        event["data"] = "@deep@"
+        deep = deep_json(draw(st.integers(800, 1000)), json.dumps(draw(hostile_values)))
+        return json.dumps(event).replace('"@deep@"', deep, 1).encode()
+    if kind == 11:
+        # A large batch: copies of a few elements (an event or a poison one), in order.
+        elements = draw(
+            st.lists(st.one_of(hostile_events(), hostile_values), min_size=1, max_size=3)
+        )
+        count = draw(st.integers(100, 1000))
+        size = sum(len(json.dumps(element)) for element in elements) // len(elements)
+        count = min(count, max(10, 1_000_000 // size))  # bodies up to ~1 MB, not 20
+        return json.dumps([elements[i % len(elements)] for i in range(count)]).encode()
+    if kind == 12:
+        # Raw UTF-8 instead of \u escapes: private-use and CR/LF as bytes; a lone surrogate
+        # as its (invalid) WTF-8 bytes, which is no UTF-8 at all.
+        text = json.dumps(draw(hostile_events()), ensure_ascii=False)
+        return text.encode("utf-8", "surrogatepass")
     return draw(st.sampled_from(CASES)).body.encode()

@@ -49,7 +49,12 @@ def arm(stub: ArmStub) -> ArmStub:
 
 
 def plan(
-    tmp_path: Path, *, factory: str = FACTORY, parameters: str | None = None
+    tmp_path: Path,
+    *,
+    factory: str = FACTORY,
+    parameters: str | None = None,
+    environ: dict[str, str] = ENVIRON,
+    data: dict[str, Any] | None = None,
 ) -> tuple[PlannedAction, Any]:
     if parameters is None:
         parameters = '{model: "{{ data.modelName }}", token: "${ADF_TOKEN}", epochs: 3}'
@@ -65,12 +70,13 @@ rules:
         pipeline: "ingest {{{{ data.modelName }}}}"
         parameters: {parameters}
 """
-    ruleset = parse_rules(rules, "rules.yaml", base_dir=tmp_path, environ=ENVIRON)
-    events, rejections = decode_body(json.dumps(eg("ev-1", data={"modelName": "churn"})))
+    ruleset = parse_rules(rules, "rules.yaml", base_dir=tmp_path, environ=environ)
+    event = eg("ev-1", data={"modelName": "churn"} if data is None else data)
+    events, rejections = decode_body(json.dumps(event))
     assert not rejections
     [planned] = plan_rule(ruleset.rules[0], events[0])
     assert isinstance(planned, PlannedAction)
-    return planned, reveal(planned.params, ENVIRON)
+    return planned, reveal(planned.params, environ)
 
 
 @pytest.fixture
@@ -218,3 +224,36 @@ async def test_network_error_is_retryable(make_executor, tmp_path):
         await executor.execute(planned, params)
     assert caught.value.retryable is True
     assert "network error" in str(caught.value)
+
+
+LONG_SECRET = "Zq8vL2mN4pR6tY1xC3bV5nM7kJ9hG0fD2sA4qW6eR8tY0uI2oP4a"  # 52 characters
+
+
+async def test_an_arm_error_is_redacted_before_it_is_cut(arm, make_executor, tmp_path):
+    """ARM quoting the secret across the 300-character cut: the excerpt used to be cut
+    first, leaving 30 characters of the secret in the dead letter; now no 8-character
+    piece of it is shown."""
+    message = "x" * 242 + f" invalid value '{LONG_SECRET}' for parameter token"  # 270-321
+    arm.fail("POST", "/createRun$", 400, {"error": {"code": "BadRequest", "message": message}})
+    planned, params = plan(tmp_path, environ={"ADF_TOKEN": LONG_SECRET})
+    with pytest.raises(ActionError) as caught:
+        await make_executor().execute(planned, params)
+    text = str(caught.value)
+    assert "HTTP 400: BadRequest: xxx" in text and "***" in text
+    pieces = {LONG_SECRET[i : i + 8] for i in range(len(LONG_SECRET) - 7)}
+    assert not [piece for piece in pieces if piece in text], text
+
+
+async def test_a_lone_surrogate_in_the_pipeline_name_and_parameters_is_sent(
+    arm, make_executor, tmp_path
+):
+    """Event data with a lone surrogate: the parameters go out as JSON (the surrogate kept
+    as its escape), the pipeline name in the URL with U+FFFD; no UnicodeEncodeError."""
+    planned, params = plan(
+        tmp_path, parameters='{model: "{{ data.modelName }}"}', data={"modelName": "m\udc80"}
+    )
+    facts = await make_executor().execute(planned, params)
+    assert facts is not None and facts["pipeline"] == "ingest m\udc80"
+    [call] = arm.calls("POST", "/createRun")
+    assert call.path == f"{FACTORY}/pipelines/ingest%20m%EF%BF%BD/createRun"
+    assert call.body == {"model": "m\udc80"}

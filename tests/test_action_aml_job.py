@@ -169,6 +169,8 @@ def plan(
     event_id: str = "ev-1",
     topic: str = TOPIC,
     rule: str = "drift-retrain",
+    environ: dict[str, str] = ENVIRON,
+    data: dict[str, Any] = DATA,
 ) -> tuple[PlannedAction, Any]:
     """One planned action through the real rules -> events -> plan -> reveal path."""
     jobs = tmp_path / "jobs"
@@ -180,12 +182,12 @@ def plan(
         "topics": [topic],
         "rules": [{"name": rule, "actions": [{"type": "aml_job", **action}]}],
     }
-    ruleset = parse_rules(json.dumps(rules), "rules.yaml", base_dir=tmp_path, environ=ENVIRON)
-    events, rejections = decode_body(json.dumps(eg(event_id, data=DATA, topic=topic)))
+    ruleset = parse_rules(json.dumps(rules), "rules.yaml", base_dir=tmp_path, environ=environ)
+    events, rejections = decode_body(json.dumps(eg(event_id, data=data, topic=topic)))
     assert not rejections
     [planned] = plan_rule(ruleset.rules[0], events[0])
     assert isinstance(planned, PlannedAction), planned
-    return planned, reveal(planned.params, ENVIRON)
+    return planned, reveal(planned.params, environ)
 
 
 RETRAIN = {
@@ -427,6 +429,36 @@ async def test_client_errors_are_not_retryable_and_hide_secrets(arm, executor, t
     assert SECRET not in str(caught.value)
     assert "***" in str(caught.value)
     assert job_puts(arm)[0].body["properties"]["inputs"]["note"]["value"] == SECRET
+
+
+async def test_an_error_echoing_a_secret_is_redacted_before_it_is_cut(arm, executor, tmp_path):
+    """The service quoting a 52-character secret across the 400-character cut: the excerpt
+    used to be cut first, leaving 30 of its characters unmasked in logs and dead letters."""
+    secret = "Zq8vL2mN4pR6tY1xC3bV5nM7kJ9hG0fD2sA4qW6eR8tY0uI2oP4a"
+    message = "x" * 345 + f" input note '{secret}' is invalid"  # the secret at 370-421
+    arm.fail("PUT", "/jobs/", 400, {"error": {"code": "UserError", "message": message}})
+    planned, params = plan(
+        tmp_path, {**RETRAIN, "inputs": {"note": "${AML_NOTE}"}}, environ={"AML_NOTE": secret}
+    )
+    with pytest.raises(ActionError) as caught:
+        await executor.execute(planned, params)
+    text = str(caught.value)
+    assert caught.value.retryable is False and "HTTP 400" in text and "***" in text
+    pieces = {secret[i : i + 8] for i in range(len(secret) - 7)}
+    assert not [piece for piece in pieces if piece in text], text
+
+
+async def test_a_lone_surrogate_from_the_event_is_submitted_as_text(arm, executor, tmp_path):
+    """Event data with a lone surrogate in the display name, experiment, tags and inputs:
+    the job is submitted with U+FFFD in its place, not refused or crashed."""
+    planned, params = plan(tmp_path, RETRAIN, data={**DATA, "modelName": "ch\udc80urn"})
+    facts = await executor.execute(planned, params)
+
+    assert facts is not None and facts["already_submitted"] is False
+    [put] = job_puts(arm)
+    props = put.body["properties"]
+    assert props["displayName"] == "Retrain ch\ufffdurn"
+    assert props["experimentName"] == "retrain-ch\ufffdurn"
 
 
 async def test_unknown_input_and_mistyped_literal_are_not_retryable(arm, executor, tmp_path):

@@ -17,12 +17,16 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import hypothesis
 import pytest
 import structlog.testing
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
 
 from tests.conftest import TOPIC, eg, free_port
+from tests.hostile import hostile_text
 from worker.actions.email import EmailExecutor
 from worker.errors import ActionError
 from worker.events import decode_body
@@ -72,6 +76,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
+    content: bytes = b""  # as sent
 
 
 class Mailbox:
@@ -82,6 +87,7 @@ class Mailbox:
         self.data_reply = "250 Message accepted for delivery"
         self.refuse: dict[str, str] = {}  # recipient -> RCPT reply
         self.logins: list[tuple[str, str]] = []  # (mechanism, login)
+        self.credentials = (b"mailer", b"pa55-w0rd-x")  # what AUTH accepts
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refuse:
@@ -92,13 +98,15 @@ class Mailbox:
     async def handle_DATA(self, server, session, envelope):
         if self.data_reply.startswith("250"):
             message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))
+            self.received.append(
+                Received(envelope.mail_from, list(envelope.rcpt_tos), message, envelope.content)
+            )
         return self.data_reply
 
     def authenticator(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
         assert isinstance(auth_data, LoginPassword)
         self.logins.append((mechanism, auth_data.login.decode()))
-        ok = (auth_data.login, auth_data.password) == (b"mailer", b"pa55-w0rd-x")
+        ok = (auth_data.login, auth_data.password) == self.credentials
         return AuthResult(success=ok, handled=False)
 
 
@@ -477,3 +485,202 @@ async def test_untrusted_certificate_is_not_retryable(smtpd, certificate, mode):
     assert not error.retryable
     assert "certificate" in str(error).lower()
     assert mailbox.received == []
+
+
+# --- untrusted event data (DESIGN §7) ---------------------------------------------------------
+
+HOSTILE_RECIPIENTS = [
+    "eve@evil.example, ops",  # a comma adds a recipient to a naive parser
+    "eve@evil.example; ops",
+    "ops\r\nBcc: eve@evil.example\r\nX-A: ",
+    "ops\nBcc: eve@evil.example\nX-A: ",
+    "Eve <eve@evil.example>, ops",  # a display name with a second address
+    '"eve@evil.example" <eve@evil.example> ops',
+    "eve@evil.example> <ops",
+    "=?utf-8?q?eve=40evil.example?= ops",  # an encoded word a mail reader would decode
+    "ops@example.com (comment) eve",
+    "op\x00s",
+    "op\u202es",  # a bidi override disguises the address it is part of
+    "",
+]
+
+
+@pytest.mark.parametrize("field", ["to", "cc", "from"])
+@pytest.mark.parametrize("user", HOSTILE_RECIPIENTS)
+async def test_a_rendered_recipient_is_exactly_one_address_or_nothing_is_sent(smtpd, field, user):
+    """`{{ data.user }}@example.com` with a comma, semicolon, line break, display name or
+    anything else that is not one address: a permanent failure naming the parameter, and
+    the server sees no message (the action dead-letters)."""
+    mailbox, port = smtpd()
+    planned, params = planned_for(
+        mail(
+            **{
+                field: "{{ data.user }}@example.com"
+                if field == "from"
+                else ["{{ data.user }}@example.com"]
+            }
+        ),
+        eg(data={"user": user}),
+    )
+
+    error = await failure(smtp_settings(port), planned, params)
+
+    assert not error.retryable
+    assert f"email: '{field}' entry" in str(error) and "not exactly one email address" in str(error)
+    assert "\n" not in str(error) and "\r" not in str(error)
+    assert mailbox.received == []
+
+
+async def test_a_display_name_and_an_international_domain_are_still_one_address(smtpd):
+    """What a template renders may be `Name <address>`, or a domain in another script."""
+    mailbox, port = smtpd()
+    planned, params = planned_for(
+        mail(to=["{{ data.name }} <{{ data.user }}@example.com>", "ops@{{ data.host }}"]),
+        eg(data={"name": "Zoë Müller", "user": "zoe.m+ml", "host": "bücher.example"}),
+    )
+
+    await send(smtp_settings(port), planned, params)
+
+    [got] = mailbox.received
+    assert got.rcpt_tos == ["zoe.m+ml@example.com", "ops@bücher.example"]
+    # A non-ASCII address makes it an SMTPUTF8 message: its headers are raw UTF-8.
+    to = "To: Zoë Müller <zoe.m+ml@example.com>, ops@bücher.example"
+    assert to.encode() in got.content.splitlines()
+
+
+# Address syntax and what breaks it, mixed with the shared hostile strings (tests/hostile.py).
+hostile_address = st.lists(
+    st.one_of(
+        st.sampled_from(
+            ["ops", "@", "example.com", "eve@evil.example", ",", ";", " ", "<", ">", '"', "'",
+             "(", ")", "\\", ".", "\r\n", "\n", "Bcc: ", "=?utf-8?q?", "?=", "\udc80",
+             "\u202e", "\u00a0", "Zoë", ":", "[", "]"]
+        ),
+        hostile_text,
+    ),
+    max_size=6,
+).map("".join)  # fmt: skip
+
+EXPECTED_HEADERS = {
+    "from", "to", "cc", "subject", "date", "message-id", "auto-submitted", "mime-version",
+    "content-type", "content-transfer-encoding",
+}  # fmt: skip
+
+
+@hypothesis.settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@hypothesis.given(
+    a=st.one_of(
+        st.sampled_from(["ops@example.com", "Ops Team <ops@example.com>", ""]), hostile_address
+    ),
+    b=st.one_of(st.sampled_from(["ops", "ops.team", "a+b"]), hostile_address),
+    s=hostile_text,
+)
+async def test_hostile_data_never_adds_a_recipient_or_a_header(smtpd, a, b, s):
+    """Generated hostile strings (separators, line breaks, display names, encoded words,
+    surrogates, private-use and marker characters) in `to`, `cc` and the subject: either a
+    permanent failure naming the parameter and nothing sent, or a message whose envelope
+    and headers hold one recipient per entry (a blank entry: none) and no other header,
+    with a one-line subject."""
+    mailbox, port = smtpd()
+    action = mail(
+        to=["{{ data.a }}"],
+        cc=["{{ data.b }}@example.com"],
+        subject="Run {{ data.s }}",
+        **{"from": "alerts@example.org"},
+    )
+    planned, params = planned_for(action, eg(data={"a": a, "b": b, "s": s}))
+    try:
+        await send(smtp_settings(port), planned, params)
+    except ActionError as error:
+        assert not error.retryable
+        assert "email: 'to' entry" in str(error) or "email: 'cc' entry" in str(error)
+        assert mailbox.received == []
+        hypothesis.event("refused")
+        return
+    hypothesis.event("sent")
+    [got] = mailbox.received
+    to = got.message["To"].addresses if got.message["To"] else ()  # a blank entry is skipped
+    cc = got.message["Cc"].addresses
+    assert len(to) == (1 if a.strip() else 0) and len(cc) == 1
+    assert got.rcpt_tos == list(dict.fromkeys(x.addr_spec for x in (*to, *cc)))
+    assert cc[0].addr_spec.endswith("@example.com")
+    assert {name.lower() for name in got.message} <= EXPECTED_HEADERS
+    assert all(len(got.message.get_all(name) or ()) <= 1 for name in ("To", "Cc", "Subject"))
+    subject = str(got.message["Subject"])
+    assert subject.startswith("Run") and "\n" not in subject and "\r" not in subject
+
+
+async def test_a_subject_with_line_breaks_stays_one_header(smtpd):
+    """CR/LF and other control characters from event data become spaces."""
+    mailbox, port = smtpd()
+    planned, params = planned_for(
+        mail(subject="Run {{ data.s }} failed"),
+        eg(data={"s": "r1\r\nBcc: eve@evil.example\r\n\r\nbody\x00\x1b"}),
+    )
+
+    await send(smtp_settings(port), planned, params)
+
+    [got] = mailbox.received
+    assert got.message["Subject"] == "Run r1 Bcc: eve@evil.example body failed"
+    assert got.message.get_all("Bcc") is None
+    assert got.rcpt_tos == ["ops@example.com"]
+
+
+async def test_the_html_body_escapes_event_data_and_keeps_the_authors_markup(smtpd):
+    """`<script>` and an attribute break-out from event data arrive escaped."""
+    mailbox, port = smtpd()
+    planned, params = planned_for(
+        mail(html='<p title="{{ data.t }}">Run <b>{{ data.n }}</b></p>'),
+        eg(data={"n": "<script>alert(1)</script>", "t": '" onmouseover="alert(1)'}),
+    )
+
+    await send(smtp_settings(port), planned, params)
+
+    html = mailbox.received[0].message.get_body(("html",)).get_content().strip()
+    assert html == (
+        '<p title="&#34; onmouseover=&#34;alert(1)">Run '
+        "<b>&lt;script&gt;alert(1)&lt;/script&gt;</b></p>"
+    )
+
+
+async def test_lone_surrogates_are_sent_as_replacement_characters(smtpd):
+    """A lone surrogate in the subject, the bodies or a display name: the message goes out
+    (U+FFFD in its place) instead of an UnicodeEncodeError."""
+    mailbox, port = smtpd()
+    planned, params = planned_for(
+        mail(subject="Run {{ data.s }}", body="b {{ data.s }}", html="<i>{{ data.s }}</i>"),
+        eg(subject="experiments/\udc80", data={"s": "x\udc80y\ud800"}),
+    )
+
+    await send(smtp_settings(port), planned, params)
+
+    [got] = mailbox.received
+    assert got.message["Subject"] == "Run x\ufffdy\ufffd"
+    assert got.message.get_body(("plain",)).get_content().strip() == "b x\ufffdy\ufffd"
+    assert got.message.get_body(("html",)).get_content().strip() == "<i>x\ufffdy\ufffd</i>"
+
+
+async def test_a_reply_echoing_the_password_is_redacted_before_it_is_cut(smtpd):
+    """A long server reply ending with the password: masked whole, not cut first (which
+    left most of the secret in the excerpt)."""
+    password = "Zq8vL2mN4pR6tY1xC3bV5nM7kJ9hG0fD2sA4qW6eR8tY0uI2oP4a"  # 52 characters
+    mailbox, port = smtpd(auth=True)
+    mailbox.data_reply = "554 5.7.1 " + "x" * 170 + " " + password
+    settings = smtp_settings(port, smtp_username="mailer", smtp_password=Secret(password))
+    mailbox.credentials = (b"mailer", password.encode())
+    planned, params = planned_for(mail())
+
+    error = await failure(settings, planned, params)
+
+    assert not error.retryable and "554" in str(error)
+    assert_no_fragment(password, str(error))
+
+
+def assert_no_fragment(secret: str, text: str, size: int = 8) -> None:
+    """No `size`-character piece of `secret` appears in `text`."""
+    pieces = {secret[i : i + size] for i in range(len(secret) - size + 1)}
+    assert not [piece for piece in pieces if piece in text], text

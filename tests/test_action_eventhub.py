@@ -93,3 +93,30 @@ async def test_bad_target_is_permanent_and_never_echoed():
         assert not info.value.retryable and "not a connection string" not in str(info.value)
     finally:
         await executor.aclose()
+
+
+async def test_lone_surrogates_are_forwarded_not_crashed(hub):
+    """A lone surrogate in the subject and data (DESIGN §7): the event as received keeps it
+    as a JSON escape; the partition key and properties (AMQP strings, at any depth) carry
+    U+FFFD. The message is sent instead of raising UnicodeEncodeError."""
+    env = {"FWD": hub.hub_connection_string("forward")}
+    event = eg("a", subject="models/m\udc80", data={"x": "a\udc80b"})
+    as_received = "{type: eventhub, connection_string: '${FWD}', properties: {note: '{{ data.x }}', deep: {list: ['{{ data.x }}']}}}"  # noqa: E501
+    templated = "{type: eventhub, connection_string: '${FWD}', partition_key: 'k{{ data.x }}', body: {x: '{{ data.x }}'}}"  # noqa: E501
+    planned = planned_actions(as_received, event) + planned_actions(templated, event)
+    executor = EventHubExecutor(Settings())
+    try:
+        facts = [await executor.execute(p, reveal(p.params, env)) for p in planned]
+    finally:
+        await executor.aclose()
+    assert [f["partition_key"] for f in facts] == ["models/m\ufffd", "ka\ufffdb"]
+    received = sorted(await read_all(env["FWD"], 2), key=lambda e: e.partition_key)
+    first, second = received
+    assert first.partition_key == "ka\ufffdb".encode()
+    assert json.loads(first.body_as_str()) == {"x": "a\udc80b"}
+    assert second.partition_key == "models/m\ufffd".encode()
+    assert json.loads(second.body_as_str())["subject"] == "models/m\udc80"
+    properties = {k.decode(): v for k, v in second.properties.items()}
+    assert properties["note"] in ("a\ufffdb", "a\ufffdb".encode())
+    deep = properties["deep"]
+    assert {(k.decode() if isinstance(k, bytes) else k) for k in deep} == {"list"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
@@ -13,13 +14,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import hypothesis
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
 
 import worker
 from tests.conftest import TOPIC, ce, eg, free_port
@@ -572,3 +577,127 @@ def test_parse_retry_after_rejects_junk():
     assert parse_retry_after("Mon, 10 Jun 2024 09:00:00 GMT", now) == 0
     for junk in (None, "", "soon", "-3", "nan", "inf"):
         assert parse_retry_after(junk, now) is None
+
+
+# --- untrusted event data and responses (DESIGN §7) -------------------------------------------
+
+TOKEN = "Zq8vL2mN4pR6tY1xC3bV5nM7kJ9hG0fD2sA4qW6eR8tY0uI2oP4a"  # 52 characters, like a real key
+
+
+def assert_no_fragment(secret: str, text: str, size: int = 8, known: str = "") -> None:
+    """No `size`-character piece of `secret` appears in `text` (unless `known` has it too)."""
+    pieces = {secret[i : i + size] for i in range(len(secret) - size + 1)}
+    assert not [p for p in pieces if p in text and p not in known], text
+
+
+async def test_lone_surrogates_are_sent_not_crashed(peer, executor):
+    """A lone surrogate from an event in every part of a request: JSON keeps it as its
+    `\\uXXXX` escape (it decodes back to the same string); a header, a URL and a text body
+    carry U+FFFD. The webhook is delivered instead of raising UnicodeEncodeError."""
+    event = eg(subject="experiments/\udc80", data={"x": "a\udc80b", "y": "\ud800"})
+    cases = [
+        ({}, lambda seen: json.loads(seen.body)[0]["subject"] == "experiments/\udc80"),
+        ({"schema": "cloudevents"}, lambda seen: json.loads(seen.body)["data"]["y"] == "\ud800"),
+        ({"body": {"x": "{{ data.x }}"}}, lambda seen: json.loads(seen.body) == {"x": "a\udc80b"}),
+        ({"body": "{{ data.x }}"}, lambda seen: seen.body == "a\ufffdb".encode()),
+        ({"headers": {"X-A": "{{ data.x }}"}}, lambda seen: seen.headers["x-a"] == "a\ufffdb"),
+        ({"url": peer.url("/p/{{ data.x }}")}, lambda seen: seen.path == "/p/a\ufffdb"),
+        ({"hmac_secret": "k{{ data.y }}"}, lambda seen: "x-aml-worker-signature" in seen.headers),
+    ]
+    for extra, check in cases:
+        planned, params = planned_for({"type": "webhook", "url": peer.url(), **extra}, event)
+        facts = await executor.execute(planned, params)
+        assert facts is not None and facts["status"] == 200
+        assert check(peer.last), (extra, peer.last)
+
+
+async def test_a_line_break_in_a_header_value_never_adds_a_header(peer, executor):
+    """CR/LF (or another control character) that event data brings into a header value
+    becomes a space: the request goes out with the one header the rules file wrote."""
+    planned, params = planned_for(
+        {"type": "webhook", "url": peer.url(), "headers": {"X-Run": "{{ data.runId }}"}},
+        eg(data={"runId": "r1\r\nX-Evil: 1\r\n\r\nGET / HTTP/1.1\x00"}),
+    )
+
+    await executor.execute(planned, params)
+
+    assert "x-evil" not in peer.last.headers
+    assert peer.last.headers["x-run"] == "r1  X-Evil: 1    GET / HTTP/1.1"
+
+
+def _echoes(secret: str) -> dict[str, str]:
+    """How a peer may echo a secret: raw, URL-quoted, JSON-escaped, base64 (alone, and of
+    Basic credentials `user:secret`), each after 170 characters of text."""
+    raw = secret.encode()
+    return {
+        "raw": secret,
+        "url": quote(secret, safe=""),
+        "json": json.dumps(secret)[1:-1],
+        "base64": base64.b64encode(raw).decode(),
+        "basic": base64.b64encode(b"hook-user:" + raw).decode(),
+    }
+
+
+@pytest.mark.parametrize("form", ["raw", "url", "json", "base64", "basic"])
+async def test_an_error_excerpt_is_redacted_before_it_is_cut(peer, executor, form):
+    """A 4xx body echoing the token after 170 characters: the excerpt (at most 200
+    characters) used to be cut first, leaving 30 of its 52 characters unmasked. Now no
+    8-character piece of the token, in any of its forms, is in the error."""
+    secret = TOKEN + "/+é"  # characters that every encoding changes
+    echoed = _echoes(secret)[form]
+    peer.replies.append(Reply(400, "x" * 170 + " " + echoed + " and more"))
+    planned, params = planned_for(
+        {"type": "webhook", "url": peer.url(), "headers": {"Authorization": "Bearer ${TOKEN}"}},
+        eg(),
+        {"TOKEN": secret},
+    )
+
+    error = await failure(executor, planned, params)
+
+    text = str(error)
+    assert "answered 400" in text and "***" in text
+    assert_no_fragment(secret, text)
+    core = echoed[16:] if form == "basic" else echoed  # the user's part is no secret
+    assert_no_fragment(core, text)
+
+
+@hypothesis.settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@hypothesis.given(
+    secret=st.text(
+        st.characters(min_codepoint=0x21, max_codepoint=0x7E) | st.sampled_from("éß€漢"),
+        min_size=8,
+        max_size=64,
+    ),
+    form=st.sampled_from(["raw", "url", "json", "base64", "basic"]),
+    before=st.text(max_size=300),
+    after=st.text(max_size=40),
+    cut=st.integers(0, 100),
+)
+async def test_no_error_excerpt_holds_a_piece_of_a_secret(
+    peer, executor, secret, form, before, after, cut
+):
+    """For generated secrets and responses echoing them (raw or encoded) anywhere, possibly
+    cut off mid-secret: the error names the status and holds no 8-character piece of the
+    secret or of the form it was echoed in."""
+    hypothesis.assume("*" not in secret)
+    echoed = _echoes(secret)[form]
+    body = before + echoed[: max(8, len(echoed) * cut // 100)] + after
+    peer.replies.append(Reply(422, body))
+    planned, params = planned_for(
+        {"type": "webhook", "url": peer.url(), "headers": {"X-Key": "${TOKEN}"}},
+        eg(),
+        {"TOKEN": secret},
+    )
+
+    error = await failure(executor, planned, params)
+
+    text = str(error)
+    assert "answered 422" in text
+    known = before + " " + after + base64.b64encode(b"hook-user:").decode()
+    known += " " + " ".join(before.split()) + " " + " ".join(after.split())
+    assert_no_fragment(secret, text, known=known)
+    assert_no_fragment(echoed[16:] if form == "basic" else echoed, text, known=known)

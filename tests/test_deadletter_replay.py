@@ -80,3 +80,58 @@ def test_failed_webhooks_are_redriven_once_with_their_keys(tmp_path, env):
         assert "re-driven" in text and "before the checkpoint" in text
         unknown = json.loads(history_of(env, "nope"))
         assert unknown["known"] is False
+
+
+def test_redrive_and_history_read_batch_blobs_and_old_single_record_blobs(tmp_path, env):
+    """Dead letters stored one per blob (the old layout) and several in one blob (a
+    message's batch) are listed, re-driven and marked in place alike."""
+    import asyncio
+
+    from azure.storage.blob.aio import ContainerClient
+
+    async def regroup() -> str:
+        """Move two of the four single-record blobs into one batch blob (a JSON array)."""
+        async with ContainerClient.from_connection_string(
+            env.azurite.connection_string, env.container
+        ) as container:
+            names = sorted(
+                [b.name async for b in container.list_blobs() if "/deadletter/" in b.name]
+            )
+            assert len(names) == 4
+            moved = []
+            for name in names[:2]:
+                moved.append(json.loads(await (await container.download_blob(name)).readall()))
+                await container.delete_blob(name)
+            batch = names[0].rsplit("/", 1)[0] + "/0-batch-test.json"
+            await container.upload_blob(batch, json.dumps(moved).encode(), overwrite=True)
+            return batch
+
+    with WebhookPeer() as peer:
+        peer.status = 400
+        env.env["HOOK_URL"] = f"http://127.0.0.1:{peer.port}/hook"
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(
+            f"version: 1\ntopics: ['{TOPIC}']\nordering: {{grace: 0s}}\nrules:\n"
+            "  - name: hook\n    actions: [{type: webhook, id: h, url: '${HOOK_URL}'}]\n"
+        )
+        env.send(stream(tmp_path / "s.jsonl", 4, subjects=1))  # one partition
+        worker = env.start(rules, "--stop-when-idle", "2")
+        assert worker.wait() == 0
+        batch = asyncio.run(regroup())
+        listed = json.loads(cli(env, "list", "--json").stdout)
+        assert len(listed) == 4
+        in_batch = [r for r in listed if r["blob"] == batch]
+        assert sorted(r["item"] for r in in_batch) == [0, 1]
+        peer.status = 202
+        peer.requests.clear()
+        env.env["AML_WORKER_RULES"] = str(rules)
+        done = cli(env, "replay")
+        assert done.returncode == 0 and "redriven=4" in done.stdout, done.stderr[-2000:]
+        assert sum(peer.keys().values()) == 4
+        listed = json.loads(cli(env, "list", "--json").stdout)
+        assert len(listed) == 4 and all(r.get("redriven_at") for r in listed)
+        assert len([r for r in listed if r["blob"] == batch]) == 2  # still one blob
+        event_id = in_batch[1]["event_id"]
+        history = json.loads(history_of(env, event_id))
+        ((_, entry),) = history["partitions"].items()
+        assert [d["redriven"] for d in entry["dead_letters"]] == [True]

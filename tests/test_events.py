@@ -176,3 +176,17 @@ def test_any_json_never_raises_and_every_element_is_accounted(document):
     events, rejections = decode_body(json.dumps(document).encode())
     expected = len(document) if isinstance(document, list) and document else 1
     assert len(events) + len(rejections) == expected
+
+
+def test_a_str_body_with_a_lone_surrogate_is_a_rejection_not_a_crash():
+    """A caller may hand a str; one that UTF-8 cannot encode is not UTF-8 (DESIGN §7)."""
+    events, rejections = decode_body(json.dumps(eg(subject="runs/\udc80"), ensure_ascii=False))
+    assert not events and [r.reason.split(" (")[0] for r in rejections] == ["body is not UTF-8"]
+
+
+def test_a_reason_quotes_a_long_value_cut():
+    """A publisher's megabyte "time" is named in a line, not copied into every dead letter
+    and log line."""
+    _, [rejection] = decode_body(json.dumps(eg(time="2024-06-10T10:00:00" + "x" * 1_000_000)))
+    assert len(rejection.reason) < 300 and "(1000019 characters)" in rejection.reason
+    assert rejection.reason.startswith("Event Grid field 'eventTime': not an ISO 8601 time: ")

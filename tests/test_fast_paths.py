@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.conftest import TOPIC, eg, event_of
 from worker.events import MISSING, _fast_decode, decode_body, lookup_key, parse_time
 from worker.plan import _encode, plan_rule
+from worker.replay import json_line
 from worker.rules import parse_rules
 from worker.templates import RenderError, Template, template_context
 
@@ -111,15 +112,17 @@ rules:
 
 @pytest.mark.parametrize("subject", ["runs/plain", "runs/lone-\ud800-surrogate"])
 def test_plan_json_equals_json_line_of_plan_line(subject):
-    """`plan_json` is the old `json_line(plan_line())`, floats and surrogates included."""
+    """`plan_json` is `json_line(plan_line())`, floats and surrogates included (a lone
+    surrogate as its JSON escape, so the line is always UTF-8, DESIGN §7)."""
     ruleset = parse_rules(RULES, "rules.yaml", secrets="ignore")
     event = event_of(eg("e1", subject=subject, data={"runStatus": "Failed"}))
     planned = [p for rule in ruleset.rules for p in plan_rule(rule, event)]
     assert [p.action.plain_params for p in planned] == [True, False]
     for action in planned:
         line = action.plan_line()
-        old = json.dumps(line, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
-        assert action.plan_json() == old
+        assert action.plan_json() == json_line(line)
+        assert json.loads(action.plan_json()) == json.loads(json_line(line))
+        action.plan_json().encode("utf-8")
     assert '"ratio":1e-07' in planned[1].plan_json()
 
 

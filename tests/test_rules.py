@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, TOPIC
+from tests.conftest import EXAMPLES, TOPIC, eg, event_of
+from worker.cli import main
 from worker.errors import RulesError
 from worker.filters import Operator
-from worker.rules import Late, ThrottlePer, load_rules, parse_rules
+from worker.plan import plan_rule
+from worker.rules import MAX_RULES_BYTES, Late, ThrottlePer, load_rules, parse_rules
 
 HEAD = f"version: 1\ntopics: ['{TOPIC}']\n"
 
@@ -402,3 +405,211 @@ def test_project_example_rules_load(monkeypatch):
     assert types == {"log", "webhook", "email", "aml_job", "eventhub", "adf_pipeline"}
     demo = load_rules(EXAMPLES / "demo.rules.yaml", environ={"DEMO_WEBHOOK_URL": "http://x"})
     assert {a.type for r in demo.rules for a in r.actions} == {"log", "webhook"}
+
+
+# --- bounded, located, contained (DESIGN §7) -------------------------------------------------
+
+BOMB = HEAD + textwrap.dedent(
+    """\
+    a: &a [x, x, x, x, x, x, x, x, x]
+    b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+    c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+    d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+    e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+    f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+    g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+    h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+    i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+    rules: [{name: r, actions: [{type: log, message: "{{ data }}"}]}]
+    """
+)
+
+
+def test_an_alias_bomb_is_refused_at_once_with_its_location(tmp_path, capsys):
+    """'Billion laughs' (9^9 values through nine lines of aliases) took 48 s and 1 GB: now
+    a located error from `check-rules` in well under a second."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    started = time.perf_counter()
+    assert main(["check-rules", str(path)]) == 1
+    elapsed = time.perf_counter() - started
+    [line, summary] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"{path}:8:4: YAML aliases expand this file to more than 100,000 values; "
+        "write the values out instead of nesting aliases"
+    )
+    assert "1 error" in summary
+    assert elapsed < 2
+
+
+def test_aliases_that_expand_modestly_still_load():
+    """Aliases are fine in a normal file: a shared filter, a shared header map."""
+    ruleset = load(
+        """
+        rules:
+          - name: a
+            filter: &failed {advancedFilters: [{operatorType: StringIn, key: data.s, values: [F]}]}
+            actions: [{type: log, message: a}]
+          - name: b
+            filter: *failed
+            actions: [{type: log, message: b}]
+        """
+    )
+    first, second = ruleset.rules
+    assert first.filter == second.filter and first.filter.advanced_filters
+
+
+def test_a_rules_file_over_one_mebibyte_is_refused_before_it_is_parsed(tmp_path, capsys):
+    """A 10 MB file took 125 s to parse: a file over MAX_RULES_BYTES is refused by its size
+    (what to do is in the message), from `load_rules`, `parse_rules` and `check-rules`."""
+    assert MAX_RULES_BYTES == 1024 * 1024
+    text = HEAD + "rules: [{name: r, actions: [{type: log, message: hi}]}]\n"
+    padded = text + "#" * (MAX_RULES_BYTES - len(text)) + "\n"
+    path = tmp_path / "big.yaml"
+    path.write_text(padded)
+    started = time.perf_counter()
+    assert main(["check-rules", str(path)]) == 1
+    assert time.perf_counter() - started < 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:1:1: rules file is 1,048,577 bytes; the limit is 1,048,576")
+    assert "move job definitions" in err
+    with pytest.raises(RulesError, match="the limit is 1,048,576"):
+        parse_rules(padded, "big.yaml")
+    # At the limit it loads (a comment-heavy file is still a file).
+    path.write_text(padded[:-2] + "\n")
+    assert load_rules(path).rules[0].name == "r"
+
+
+EMPTY_SECRET_RULES = """
+rules:
+  - name: r
+    actions:
+      - type: webhook
+        url: https://hooks.example.com/x
+        headers: {Authorization: "Bearer ${HOOK_TOKEN}"}
+        hmac_secret: "${HOOK_TOKEN}"
+"""
+
+
+def test_an_empty_secret_is_a_located_error_naming_where_it_is_used():
+    """An empty value would send `Bearer ` and no signature: refused like a missing one,
+    naming the secret, the action and its parameters; a warning with
+    --allow-missing-secrets."""
+    with pytest.raises(RulesError) as info:
+        parse_rules(HEAD + EMPTY_SECRET_RULES, "rules.yaml", environ={"HOOK_TOKEN": ""})
+    message = (
+        "secret ${HOOK_TOKEN} is empty in the environment; rule 'r' actions[0] "
+        "(webhook 'headers', 'hmac_secret') would send it empty: give it a value"
+    )
+    assert [str(p) for p in info.value.problems] == [f"rules.yaml:9:34: {message}"]
+    warned = parse_rules(
+        HEAD + EMPTY_SECRET_RULES, "rules.yaml", environ={"HOOK_TOKEN": ""}, secrets="warn"
+    )
+    assert [p.message for p in warned.warnings] == [message]
+    ignored = parse_rules(
+        HEAD + EMPTY_SECRET_RULES, "r", environ={"HOOK_TOKEN": ""}, secrets="ignore"
+    )
+    assert ignored.warnings == ()
+
+
+def test_check_rules_refuses_an_empty_secret(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "rules.yaml"
+    path.write_text(HEAD + EMPTY_SECRET_RULES)
+    monkeypatch.setenv("HOOK_TOKEN", "")
+    assert main(["check-rules", str(path)]) == 1
+    assert "secret ${HOOK_TOKEN} is empty in the environment" in capsys.readouterr().err
+    assert main(["check-rules", "--allow-missing-secrets", str(path)]) == 0
+    assert "warning: secret ${HOOK_TOKEN} is empty" in capsys.readouterr().err
+    monkeypatch.setenv("HOOK_TOKEN", "t0k3n")
+    assert main(["check-rules", str(path)]) == 0
+
+
+def _job_rules(job: str) -> str:
+    return HEAD + f"rules:\n  - name: r\n    actions: [{{type: aml_job, job: '{job}'}}]\n"
+
+
+def test_a_job_path_may_not_leave_the_rules_folder(tmp_path):
+    """`..`, an absolute path and a symlink pointing out are located errors; the folders
+    in AML_WORKER_JOB_ROOTS (or `job_roots=`) are allowed too."""
+    rules_dir, outside = tmp_path / "rules", tmp_path / "elsewhere"
+    (rules_dir / "jobs").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "train.yml").write_text("type: command\n")
+    (rules_dir / "jobs" / "link.yml").symlink_to(outside / "train.yml")
+    path = rules_dir / "rules.yaml"
+    for job in ("../elsewhere/train.yml", str(outside / "train.yml"), "jobs/link.yml"):
+        path.write_text(_job_rules(job))
+        with pytest.raises(RulesError) as info:
+            load_rules(path, environ={})
+        [problem] = info.value.problems
+        assert (problem.file, problem.line, problem.column) == (str(path), 5, 36)
+        assert problem.message == (
+            f"'job': {job!r} resolves to {outside / 'train.yml'}, outside the rules file's "
+            f"folder {rules_dir}; move it there, or list its folder in AML_WORKER_JOB_ROOTS"
+        )
+        allowed = load_rules(path, environ={"AML_WORKER_JOB_ROOTS": f"/nonexistent:{outside}"})
+        assert allowed.rules[0].actions[0].files["job"] == str(outside / "train.yml")
+        assert load_rules(path, environ={}, job_roots=[outside]).rules
+
+
+def test_a_symlinked_rules_folder_keeps_its_own_jobs(tmp_path):
+    """ConfigMap mounts are symlinks: a job inside the (resolved) rules folder is fine."""
+    real = tmp_path / "..2024_01_01"
+    (real / "jobs").mkdir(parents=True)
+    (real / "jobs" / "train.yml").write_text("type: command\n")
+    (real / "rules.yaml").write_text(_job_rules("jobs/train.yml"))
+    mount = tmp_path / "mount"
+    mount.symlink_to(real)
+    ruleset = load_rules(mount / "rules.yaml", environ={})
+    assert ruleset.rules[0].actions[0].files["job"] == str(real / "jobs" / "train.yml")
+
+
+def _email_rules(to: str) -> str:
+    return HEAD + f"rules:\n  - name: r\n    actions: [{{type: email, subject: s, to: {to}}}]\n"
+
+
+def test_literal_recipients_are_checked_at_load_and_split():
+    """What the author wrote is checked now (a typo is a located error, not a dead letter
+    later) and a literal list in one entry becomes one entry per address; an entry with a
+    template is left for the send, where it must render to exactly one address."""
+    ruleset = parse_rules(
+        _email_rules(
+            "['Team Lead <lead@example.com>, ops@example.com; b@example.com', "
+            "'{{ data.owner }}@example.com']"
+        ),
+        "rules.yaml",
+    )
+    to = ruleset.rules[0].actions[0].params["to"]
+    assert [t.source for t in to] == [
+        "Team Lead <lead@example.com>",
+        "ops@example.com",
+        "b@example.com",
+        "{{ data.owner }}@example.com",
+    ]
+    for bad in ("'ops@example.com oncall@example.com'", "'\"Lead, Team\" <l@example.com>'"):
+        with pytest.raises(RulesError) as info:
+            parse_rules(_email_rules(f"[{bad}]"), "rules.yaml")
+        [problem] = info.value.problems
+        assert (problem.line, problem.column) == (5, 45)
+        assert "is not an email address" in problem.message
+
+
+def test_the_email_html_parameter_autoescapes_event_data():
+    """`html` compiles with autoescape: `<script>` or a quote from event data is escaped,
+    the author's markup stays; other parameters are plain text."""
+    ruleset = load(
+        """
+        rules:
+          - name: r
+            actions:
+              - {type: email, to: [a@example.com], subject: "{{ data.n }}",
+                 html: "<p title='{{ data.t }}'>{{ data.n }}</p>"}
+        """
+    )
+    [rule] = ruleset.rules
+    event = event_of(eg(data={"n": "<script>alert(1)</script>", "t": "x' onclick='evil()"}))
+    [planned] = plan_rule(rule, event)
+    assert planned.params["html"] == (
+        "<p title='x&#39; onclick=&#39;evil()'>&lt;script&gt;alert(1)&lt;/script&gt;</p>"
+    )
+    assert planned.params["subject"] == "<script>alert(1)</script>"

@@ -191,9 +191,9 @@ def test_unreachable_hub_is_named_without_a_traceback(env, tmp_path):
     from tests.conftest import free_port
 
     port = str(free_port())
-    env.env["AML_WORKER_EVENTHUB_CONNECTION_STRING"] = (
-        env.env["AML_WORKER_EVENTHUB_CONNECTION_STRING"].replace(str(env.dev_hub.port), port)
-    )
+    env.env["AML_WORKER_EVENTHUB_CONNECTION_STRING"] = env.env[
+        "AML_WORKER_EVENTHUB_CONNECTION_STRING"
+    ].replace(str(env.dev_hub.port), port)
     worker = env.start(rules_file(tmp_path))
     assert worker.wait(90) == 4
     text = worker.log_path.read_text()

@@ -296,15 +296,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _load(path: str | None, *, secrets: str) -> Any:
+def _load(path: str | None, *, secrets: str, job_roots: str | None = None) -> Any:
+    """`job_roots`: `Settings.job_roots` where settings are loaded (`run`, so a `.env`
+    counts); elsewhere AML_WORKER_JOB_ROOTS is read from the environment."""
     from worker.errors import RulesError
-    from worker.rules import load_rules
+    from worker.rules import load_rules, split_job_roots
 
     path = path or os.environ.get("AML_WORKER_RULES")
     if not path:
         raise _Fail("no rules file: pass --rules FILE or set AML_WORKER_RULES", 2)
     try:
-        ruleset = load_rules(path, secrets=secrets)
+        roots = None if job_roots is None else split_job_roots(job_roots)
+        ruleset = load_rules(path, secrets=secrets, job_roots=roots)
     except RulesError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -334,7 +337,7 @@ def _check_rules(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from worker.explain import explain_events, render_text
-    from worker.jsontext import utf8_safe
+    from worker.jsontext import dumps, utf8_safe
 
     ruleset = _load(args.rules, secrets="ignore")
     try:
@@ -347,8 +350,7 @@ def _explain(args: argparse.Namespace) -> int:
     if not report:
         raise _Fail(f"{args.event_file} holds no event to explain")
     if args.json:
-        json.dump(report if len(report) > 1 else report[0], sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
+        sys.stdout.write(dumps(report if len(report) > 1 else report[0], indent=2) + "\n")
     else:
         sys.stdout.write(utf8_safe(render_text(report)))  # an event's lone surrogate, say
     return 0
@@ -582,7 +584,11 @@ def _run(args: argparse.Namespace) -> int:
     from worker import logs
 
     logs.configure(settings.log_level, settings.log_format)
-    ruleset = _load(str(settings.rules) if settings.rules else None, secrets="require")
+    ruleset = _load(
+        str(settings.rules) if settings.rules else None,
+        secrets="require",
+        job_roots=settings.job_roots,
+    )
     from worker.positions import parse_positions
 
     try:

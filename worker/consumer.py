@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -957,7 +958,7 @@ class Consumer:
         from pathlib import Path
 
         from worker.errors import RulesError
-        from worker.rules import load_rules
+        from worker.rules import load_rules, split_job_roots
 
         if not self.ruleset.path:
             return
@@ -981,12 +982,28 @@ class Consumer:
                 continue
             seen = current
             try:  # off the event loop: a large file must not pause the partitions
-                ruleset = await asyncio.to_thread(load_rules, path, environ=self.environ)
+                ruleset = await asyncio.to_thread(
+                    partial(
+                        load_rules,
+                        path,
+                        environ=self.environ,
+                        job_roots=split_job_roots(self.settings.job_roots)
+                        if self.settings.job_roots is not None
+                        else None,
+                    )
+                )
             except RulesError as exc:
                 log.error(
                     "rules_reload_failed",
                     problems=[str(p) for p in exc.problems],
                     message="the new rules file is invalid; the old rules stay in force",
+                )
+                continue
+            except Exception as exc:  # unreadable mid-swap, say: the watcher must live on
+                log.error(
+                    "rules_reload_failed",
+                    error=f"{type(exc).__name__}: {exc}",
+                    message="the new rules file could not be read; the old rules stay in force",
                 )
                 continue
             missing = missing_executors(ruleset.action_types, self.executors)

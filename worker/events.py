@@ -277,17 +277,17 @@ def parse_time(text: str) -> tuple[datetime, int]:
             return fast
     match = _TIME_RE.match(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"not an ISO 8601 time: {text!r}")
+        raise ValueError(f"not an ISO 8601 time: {_quoted(text)}")
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     fraction = (match.group(7) or "")[:7].ljust(7, "0")
     try:
         naive = datetime(year, month, day, hour, minute, min(second, 59))
     except ValueError as exc:
-        raise ValueError(f"not a valid time: {text!r} ({exc})") from None
+        raise ValueError(f"not a valid time: {_quoted(text)} ({exc})") from None
     offset = timedelta()
     if match.group("sign"):
         if int(match.group("oh")) > 23 or int(match.group("om")) > 59:
-            raise ValueError(f"not a valid time: {text!r} (offset out of range)")
+            raise ValueError(f"not a valid time: {_quoted(text)} (offset out of range)")
         offset = timedelta(hours=int(match.group("oh")), minutes=int(match.group("om")))
         if match.group("sign") == "-":
             offset = -offset
@@ -299,7 +299,15 @@ def parse_time(text: str) -> tuple[datetime, int]:
     except OverflowError:
         # Year 1 east of UTC, year 9999 west of it, or its last leap second: in UTC these
         # fall outside what any clock (ours: datetime) can hold. DESIGN §7: invalid.
-        raise ValueError(f"time out of range: {text!r}") from None
+        raise ValueError(f"time out of range: {_quoted(text)}") from None
+
+
+def _quoted(value: Any, limit: int = 100) -> str:
+    """A value for a reason: its repr, cut (a publisher's "time" may be a megabyte)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}... (cut)"
 
 
 def ticks_of(moment: datetime) -> int:

@@ -7,6 +7,7 @@ console otherwise; stdout is left to each command's own output.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -30,6 +31,24 @@ def redact(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, 
     return event_dict
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]|[\ud800-\udfff]")
+
+
+def _safe_text(text: str) -> str:
+    # A lone surrogate cannot be written to a strict stream; a line break in a value would
+    # let an event forge a console line. JSON lines escape both on their own.
+    return _CONTROL.sub("\ufffd", text.replace("\r\n", " ").replace("\n", " "))
+
+
+def console_safe(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Console logs only: every string value on one line, encodable (event data is hostile,
+    DESIGN §7)."""
+    for name, value in event_dict.items():
+        if type(value) is str:
+            event_dict[name] = _safe_text(value)
+    return event_dict
+
+
 def configure(level: str = "info", fmt: str | None = None) -> None:
     if fmt is None:
         fmt = "console" if sys.stderr.isatty() else "json"
@@ -44,6 +63,7 @@ def configure(level: str = "info", fmt: str | None = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             redact,
+            *(() if fmt == "json" else (console_safe,)),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -51,7 +51,9 @@ class Step:
 
     rejections: list[Rejection] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
-    decoded: int = 0  # events decoded from the message fed (not from earlier ones released)
+    # Events of the message fed that got (or will get) an outcome: decoded, less any the
+    # per-event guard turned into rejections. Not the earlier ones it released.
+    decoded: int = 0
 
     @property
     def actions(self) -> list[PlannedAction]:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from email.utils import formataddr, getaddresses
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ __all__ = [
     "Throttle",
     "ThrottlePer",
     "load_rules",
+    "parse_mailbox",
     "parse_rules",
 ]
 
@@ -288,11 +291,16 @@ def load_rules(
     *,
     environ: Mapping[str, str] | None = None,
     secrets: str = "require",
+    job_roots: Sequence[str | os.PathLike[str]] | None = None,
 ) -> RuleSet:
     """Load and validate a rules file; raise RulesError with every located problem.
 
-    `secrets`: "require" (run, check-rules: a missing `${NAME}` is an error), "warn"
-    (`check-rules --allow-missing-secrets`) or "ignore" (dry runs never need them).
+    `secrets`: "require" (run, check-rules: a missing or empty `${NAME}` is an error),
+    "warn" (`check-rules --allow-missing-secrets`) or "ignore" (dry runs never need them).
+    `job_roots`: folders besides the rules file's own that files an action names (`job:`)
+    may be in (`Settings.job_roots`); None reads AML_WORKER_JOB_ROOTS from `environ`.
+    The file may be at most MAX_RULES_BYTES, and its YAML aliases may expand to at most
+    MAX_EXPANDED_NODES values (DESIGN §7).
     """
     path = Path(path)
     try:
@@ -304,7 +312,14 @@ def load_rules(
         raise RulesError([Problem(str(path), 1, 1, "rules file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise RulesError([Problem(str(path), 1, 1, f"cannot read rules file: {exc}")]) from None
-    return parse_rules(text, str(path), base_dir=path.parent, environ=environ, secrets=secrets)
+    return parse_rules(
+        text,
+        str(path),
+        base_dir=path.parent,
+        environ=environ,
+        secrets=secrets,
+        job_roots=job_roots,
+    )
 
 
 def parse_rules(
@@ -314,31 +329,32 @@ def parse_rules(
     base_dir: Path | None = None,
     environ: Mapping[str, str] | None = None,
     secrets: str = "require",
+    job_roots: Sequence[str | os.PathLike[str]] | None = None,
 ) -> RuleSet:
-    checker = _Checker(
-        filename,
-        base_dir or Path.cwd(),
-        os.environ if environ is None else environ,
-        secrets,
-    )
-    if len(text) > MAX_RULES_BYTES:
-        raise RulesError([_too_large(filename, len(text.encode("utf-8", "surrogatepass")))])
+    environ = os.environ if environ is None else environ
+    if job_roots is None:
+        job_roots = split_job_roots(environ.get(JOB_ROOTS_VARIABLE))
+    checker = _Checker(filename, base_dir or Path.cwd(), environ, secrets, job_roots)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_RULES_BYTES:
+        raise RulesError([_too_large(filename, size)])
     yaml = YAML(typ="rt")
     yaml.allow_duplicate_keys = False
     try:
-        _check_expansion(yaml.compose(text), filename)
         document = yaml.load(text)
-    except RulesError:
-        raise
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line, mark.column) if mark else (0, 0)
         problem = exc.problem or str(exc)
         checker.error((line, column), f"not valid YAML: {problem}")
         raise RulesError(checker.errors) from None
+    except RecursionError:  # ruamel composes recursively
+        checker.error((0, 0), "not valid YAML here: values nested too deeply")
+        raise RulesError(checker.errors) from None
     except Exception as exc:  # ruamel raises a few unmarked errors for odd input
         checker.error((0, 0), f"not valid YAML: {exc}")
         raise RulesError(checker.errors) from None
+    _check_expansion(document, filename)
     ruleset = checker.ruleset(document)
     if checker.errors or ruleset is None:
         raise RulesError(checker.errors)
@@ -349,22 +365,57 @@ Pos = tuple[int, int]  # 0-based, as ruamel keeps them
 
 # Bounds on a rules file (DESIGN §7): a real one is a few KiB; these stop a file that would
 # take minutes to parse or, through YAML aliases, expand to millions of nodes.
-MAX_RULES_BYTES = 256 * 1024
+MAX_RULES_BYTES = 1024 * 1024
 MAX_EXPANDED_NODES = 100_000
 JOB_ROOTS_VARIABLE = "AML_WORKER_JOB_ROOTS"
 
 
-def _split_literal_addresses(entries: list[str]) -> list[str]:
-    """Recipients the rules author wrote as one comma-separated entry become one entry
-    each. Only literal text is split: an entry with a template must render to exactly one
-    address when sent (DESIGN §7), so event data can never add a recipient."""
-    result: list[str] = []
-    for entry in entries:
-        if any(marker in entry for marker in ("{{", "{%", "{#", "${")):
-            result.append(entry)
-            continue
-        result.extend(formataddr(pair) for pair in getaddresses([entry]) if pair[1])
-    return result
+def split_job_roots(value: str | None) -> list[str]:
+    """AML_WORKER_JOB_ROOTS: folders separated by the OS path separator (`:`, `;` on Windows)."""
+    return [entry.strip() for entry in (value or "").split(os.pathsep) if entry.strip()]
+
+
+# One mailbox per entry (DESIGN §7): an addr-spec `local@domain`, optionally behind a plain
+# display name (`Team Lead <lead@example.com>`). The local part is a dot-atom of RFC 5322
+# atext, the domain a host name (ASCII, or the letters and digits of an international
+# one). No whitespace, comma, semicolon, quote, bracket, encoded word or control character
+# can sit in either, so one rendered entry is never two recipients, nor a header.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LETTER = r"A-Za-z0-9\u0080-\U0010ffff"  # non-ASCII: letters and digits only (_plain_chars)
+_LABEL = rf"[{_LETTER}](?:[{_LETTER}-]{{0,61}}[{_LETTER}])?"
+_ADDR_SPEC_RE = re.compile(
+    rf"(?P<local>{_ATEXT}(?:\.{_ATEXT})*)@(?P<domain>{_LABEL}(?:\.{_LABEL})*)"
+)
+_NAMED_RE = re.compile(r"(?P<name>[\w .'&+/-]*?) *<(?P<addr>[^<>]*)>")
+_MAX_LOCAL, _MAX_ADDRESS = 64, 254
+_TEMPLATE_MARKERS = ("{{", "{%", "{#", "${")
+
+
+def _plain_chars(text: str) -> bool:
+    """Outside ASCII, only letters, marks and digits: no control, format (bidi), space or
+    symbol character that could hide or disguise a part of an address."""
+    return all(c.isascii() or unicodedata.category(c)[0] in "LMN" for c in text)
+
+
+def parse_mailbox(entry: str) -> Address | None:
+    """The one mailbox an entry holds, or None when it is not exactly one address."""
+    text = entry.strip(" ")
+    named = _NAMED_RE.fullmatch(text)
+    name, addr = (named["name"].strip(" "), named["addr"]) if named else ("", text)
+    spec = _ADDR_SPEC_RE.fullmatch(addr)
+    if (
+        spec is None
+        or len(spec["local"]) > _MAX_LOCAL
+        or len(addr) > _MAX_ADDRESS
+        or "=?" in text  # an RFC 2047 encoded word decodes to anything in a mail reader
+        or not _plain_chars(name + spec["domain"])
+    ):
+        return None
+    try:
+        address = Address(display_name=name, addr_spec=addr)
+    except (ValueError, IndexError, HeaderParseError):
+        return None
+    return address if address.addr_spec == addr else None
 
 
 def _too_large(filename: str, size: int) -> Problem:
@@ -372,54 +423,54 @@ def _too_large(filename: str, size: int) -> Problem:
         filename,
         1,
         1,
-        f"rules file is {size:,} bytes; the limit is {MAX_RULES_BYTES:,} (split large "
-        "parameter values out of it: a job YAML, a template file)",
+        f"rules file is {size:,} bytes; the limit is {MAX_RULES_BYTES:,} (1 MiB): a rules "
+        "file holds filters and short templates; move job definitions into the job YAML "
+        "files that 'job:' names, and merge rules whose actions are the same",
     )
 
 
-def _check_expansion(root: Any, filename: str) -> None:
-    """Refuse a document whose aliases expand past MAX_EXPANDED_NODES, or refer to
-    themselves, before anything walks it (a 'billion laughs' is a few lines of YAML)."""
-    if root is None:
-        return
+def _check_expansion(document: Any, filename: str) -> None:
+    """Refuse a document whose aliases expand past MAX_EXPANDED_NODES values, or refer to
+    themselves, before anything walks it (a 'billion laughs' is a few lines of YAML and
+    loads in milliseconds, since an alias is a shared object: only walking it is costly)."""
     sizes: dict[int, int] = {}
     visiting: set[int] = set()
 
-    def fail(node: Any, message: str) -> RulesError:
-        mark = node.start_mark
-        return RulesError([Problem(filename, mark.line + 1, mark.column + 1, message)])
+    def fail(value: Any, message: str) -> RulesError:
+        line, column = _pos(value)
+        return RulesError([Problem(filename, line + 1, column + 1, message)])
 
-    # Iterative post-order over the node graph; aliases are shared nodes, sized once.
-    stack: list[tuple[Any, bool]] = [(root, False)]
+    def children(value: Any) -> list[Any]:
+        items = [*value.keys(), *value.values()] if isinstance(value, Mapping) else value
+        return [item for item in items if isinstance(item, Mapping | list)]
+
+    # Iterative post-order over the container graph; a shared container is sized once.
+    stack: list[tuple[Any, bool]] = [(document, False)]
     while stack:
-        node, children_done = stack.pop()
-        key = id(node)
+        value, children_done = stack.pop()
+        if not isinstance(value, Mapping | list):
+            continue
+        key = id(value)
         if children_done:
             visiting.discard(key)
-            value = node.value if isinstance(node.value, list) else []
-            total = 1
-            for child in value:
-                for part in child if isinstance(child, tuple) else (child,):
-                    total += sizes[id(part)]
+            nested = children(value)
+            total = 1 + len(value) * (2 if isinstance(value, Mapping) else 1) - len(nested)
+            total += sum(sizes[id(item)] for item in nested)
             if total > MAX_EXPANDED_NODES:
                 raise fail(
-                    node,
-                    f"YAML aliases expand this file past {MAX_EXPANDED_NODES:,} nodes; "
-                    "write the values out instead of nesting aliases",
+                    value,
+                    f"YAML aliases expand this file to more than {MAX_EXPANDED_NODES:,} "
+                    "values; write the values out instead of nesting aliases",
                 )
             sizes[key] = total
             continue
         if key in sizes:
             continue
         if key in visiting:
-            raise fail(node, "a YAML alias refers to the node that contains it")
+            raise fail(value, "a YAML alias refers to the value that contains it")
         visiting.add(key)
-        stack.append((node, True))
-        if isinstance(node.value, list):
-            for child in node.value:
-                for part in child if isinstance(child, tuple) else (child,):
-                    if id(part) not in sizes:
-                        stack.append((part, False))
+        stack.append((value, True))
+        stack.extend((item, False) for item in children(value) if id(item) not in sizes)
 
 
 def _pos_key(node: Any, key: Any) -> Pos:
@@ -472,11 +523,18 @@ class _Checker:
     """Walks the YAML tree, building values and collecting located problems."""
 
     def __init__(
-        self, filename: str, base_dir: Path, environ: Mapping[str, str], secrets: str
+        self,
+        filename: str,
+        base_dir: Path,
+        environ: Mapping[str, str],
+        secrets: str,
+        job_roots: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         self.filename = filename
         self.base_dir = base_dir
         self.environ = environ
+        # Folders an action's files may be in (DESIGN §7): the rules file's own first.
+        self.job_roots = [base_dir.resolve(), *(Path(root).resolve() for root in job_roots)]
         self.secrets_mode = secrets
         self.errors: list[Problem] = []
         self.warnings: list[Problem] = []
@@ -969,7 +1027,7 @@ class _Checker:
             line=pos[0] + 1,
             files=files,
         )
-        self.check_secrets(node, action)
+        self.check_secrets(node, action, where)
         return action
 
     def retry(self, node: Mapping[Any, Any]) -> Retry:
@@ -1025,12 +1083,12 @@ class _Checker:
             return str(value)
         if kind is Kind.PATH:
             path = (self.base_dir / value).resolve()
-            roots = self.job_roots()
-            if not any(path.is_relative_to(root) for root in roots):
+            if not any(path.is_relative_to(root) for root in self.job_roots):
                 self.error(
                     pos,
                     f"'{key}': {value!r} resolves to {path}, outside the rules file's folder "
-                    f"{roots[0]}; put it there, or list its folder in {JOB_ROOTS_VARIABLE}",
+                    f"{self.job_roots[0]}; move it there, or list its folder in "
+                    f"{JOB_ROOTS_VARIABLE}",
                 )
                 return None
             if not path.is_file():
@@ -1041,8 +1099,8 @@ class _Checker:
             return self.auth(value, pos)
         if kind is Kind.TEMPLATE_MAP:
             value = {k: str(v) for k, v in value.items()}
-        if key in ("to", "cc") and kind is Kind.TEMPLATES:
-            value = _split_literal_addresses(value)
+        if key in ("to", "cc", "from") and node.get("type") == "email":
+            value = self.recipients(value, pos, key)
         if (
             key == "url"
             and isinstance(value, str)
@@ -1050,6 +1108,35 @@ class _Checker:
         ):
             self.error(pos, f"'url' must start with http:// or https://, not {value!r}")
         return self.compile(value, pos, key)
+
+    def recipients(self, value: str | list[str], pos: Pos, key: str) -> Any:
+        """An email's `to`/`cc`/`from` as written: literal entries are checked now (a
+        literal `to`/`cc` entry may list several, split on `,` or `;`); an entry with a
+        template must render to exactly one address when sent (DESIGN §7), so event data
+        can never add a recipient."""
+        entries = [value] if isinstance(value, str) else value
+        result: list[str] = []
+        for entry in entries:
+            if any(marker in entry for marker in _TEMPLATE_MARKERS):
+                result.append(entry)
+                continue
+            # A quote means a display name with a comma: one entry, refused below.
+            pieces = [entry] if key == "from" or '"' in entry else re.split(r"[,;]", entry)
+            for piece in pieces:
+                if not piece.strip():
+                    continue
+                if parse_mailbox(piece) is None:
+                    self.error(
+                        pos,
+                        f"'{key}': {piece.strip()!r} is not an email address (write "
+                        "'name@example.com' or 'Display Name <name@example.com>', one per "
+                        "entry; a display name without quotes, commas or '@')",
+                    )
+                    continue
+                result.append(piece.strip())
+        if not result and key != "from" and all(not e.strip() for e in entries):
+            self.error(pos, f"'{key}' names no email address")
+        return value if isinstance(value, str) else result
 
     def auth(self, value: Mapping[Any, Any], pos: Pos) -> Any:
         self.check_keys(value, ("type", "scope"), "'auth'")
@@ -1061,14 +1148,6 @@ class _Checker:
             return None
         return {"type": "entra", "scope": Template.compile(value["scope"])}
 
-    def job_roots(self) -> list[Path]:
-        """Folders an action's files may be in (DESIGN §7): the rules file's own, plus the
-        ones the operator lists in AML_WORKER_JOB_ROOTS (path-separated)."""
-        extra = self.environ.get(JOB_ROOTS_VARIABLE, "")
-        return [self.base_dir.resolve()] + [
-            Path(entry).resolve() for entry in extra.split(os.pathsep) if entry.strip()
-        ]
-
     def compile(self, value: Any, pos: Pos, key: str) -> Any:
         try:
             # An email's `html` is HTML: what its expressions output is escaped (DESIGN §7).
@@ -1078,7 +1157,10 @@ class _Checker:
             self.error((line, pos[1]), f"template error in '{key}': {exc.message}")
             return None
 
-    def check_secrets(self, node: Mapping[Any, Any], action: Action) -> None:
+    def check_secrets(self, node: Mapping[Any, Any], action: Action, action_where: str) -> None:
+        """Every `${NAME}` must have a value: missing or empty (which would go out as
+        `Bearer ` or an unsigned webhook, DESIGN §3) is a located error ("warn": a warning,
+        for `check-rules --allow-missing-secrets`)."""
         if self.secrets_mode == "ignore":
             return
         for name in action.secrets:
@@ -1087,8 +1169,13 @@ class _Checker:
                 continue
             where = _secret_pos(node, name) or _pos(node)
             message = f"secret ${{{name}}} is not set in the environment"
-            if value is not None:  # an empty credential would go out as `Bearer ` (§3)
-                message = f"secret ${{{name}}} is empty in the environment: set a value"
+            if value is not None:
+                used = [key for key, param in action.params.items() if name in secret_names(param)]
+                message = (
+                    f"secret ${{{name}}} is empty in the environment; {action_where} "
+                    f"({action.type} {', '.join(repr(k) for k in used)}) would send it "
+                    "empty: give it a value"
+                )
             if self.secrets_mode == "warn":
                 self.warn(where, message)
             else:

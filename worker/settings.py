@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     checkpoint_container: str = "aml-worker"
     create_container: bool = False
     rules: Path | None = None
+    # Folders (os.pathsep-separated) an action's files (`job:`) may be in besides the rules
+    # file's own; rules.split_job_roots splits it, load_rules(job_roots=...) takes the list.
+    job_roots: str | None = None
     checkpoint_interval: float = 5.0
     start_position: str = "earliest"
     shutdown_timeout: float = 30.0

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from worker.jsontext import dumps_bytes
+
 __all__ = ["Mark", "Progress", "decode_records", "encode_record"]
 
 _LENGTH = struct.Struct(">I")
@@ -83,7 +85,8 @@ class Progress:
 
 
 def encode_record(record: dict[str, Any]) -> bytes:
-    payload = zlib.compress(json.dumps(record, separators=(",", ":")).encode("utf-8"))
+    # Any event a held or pending record carries is written, whatever its strings or depth.
+    payload = zlib.compress(dumps_bytes(record))
     return _LENGTH.pack(len(payload)) + payload
 
 

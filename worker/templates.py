@@ -444,9 +444,11 @@ class Redactor:
     by that form, and the substituted values themselves (recovered by aligning the two) are
     replaced by `***` wherever else they appear, raw or encoded as a peer or a library may
     echo them (see `_encoded_forms`): in a response body that echoes a header, or in a
-    library's exception text that quotes the URL.
+    library's exception text that quotes the URL. So is any piece of one of them at least
+    `FRAGMENT` characters long (a peer that echoes a secret shortened, `abcdefgh…`).
     """
 
+    FRAGMENT = 8
     # A response cut off mid-secret ends with a prefix of it: that long a prefix is masked.
     _MIN_PARTIAL = 4
 
@@ -459,20 +461,53 @@ class Redactor:
                 values.update(_secret_parts(shown, real))
         self._secrets = {v for v in values if v}
         self._whole = sorted(whole.items(), key=lambda item: -len(item[0]))
+        # The forms to search for, worked out on first use: most sends succeed.
+        self._values: list[str] = []
+        self._pieces: set[str] = set()
+        self._indexed = False
+
+    def _index(self) -> None:
+        if self._indexed:
+            return
         self._values = _search_order(self._secrets)
+        size = self.FRAGMENT
+        self._pieces = {v[i : i + size] for v in self._values for i in range(len(v) - size + 1)}
+        self._indexed = True
 
     def add(self, value: str | None) -> None:
         """One more value to hide (a token fetched while sending)."""
         if value and value not in self._secrets:
             self._secrets.add(value)
-            self._values = _search_order(self._secrets)
+            self._indexed = False
 
     def __call__(self, text: str) -> str:
+        self._index()
         for real, shown in self._whole:
             text = text.replace(real, shown)
         for value in self._values:
             text = text.replace(value, MASK)
-        return text
+        return self._mask_pieces(text) if self._pieces else text
+
+    def _mask_pieces(self, text: str) -> str:
+        """Each run of text made of FRAGMENT-long pieces of a secret's forms becomes `***`."""
+        size, pieces = self.FRAGMENT, self._pieces
+        runs: list[tuple[int, int]] = []
+        for start in range(len(text) - size + 1):
+            if text[start : start + size] in pieces:
+                if runs and start <= runs[-1][1]:
+                    runs[-1] = (runs[-1][0], start + size)
+                else:
+                    runs.append((start, start + size))
+        if not runs:
+            return text
+        out: list[str] = []
+        position = 0
+        for start, end in runs:
+            out.append(text[position:start])
+            out.append(MASK)
+            position = end
+        out.append(text[position:])
+        return "".join(out)
 
     def excerpt(self, text: str, limit: int) -> str:
         """At most `limit` characters of `text` on one line, redacted *before* it is cut
@@ -482,7 +517,7 @@ class Redactor:
         is folded; a text that ends with the head of a secret (a response read only in
         part) has that head masked too.
         """
-        text = self(" ".join(self(text).split()))
+        text = self(" ".join(self(text).split()))  # (indexed by the first call)
         head = 0  # the longest head of any form the text ends with
         for value in self._values:
             for size in range(min(len(value) - 1, len(text)), max(head, self._MIN_PARTIAL - 1), -1):

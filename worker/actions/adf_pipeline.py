@@ -38,6 +38,7 @@ import structlog
 import worker
 from worker.actions import parse_retry_after
 from worker.errors import ActionError
+from worker.jsontext import utf8_safe
 from worker.plan import PlannedAction
 from worker.templates import Redactor, mask
 
@@ -161,7 +162,7 @@ class AdfPipelineExecutor:
         where = f"adf_pipeline {shown_factory}/pipelines/{shown_pipeline}"
         request = HttpRequest(
             "POST",
-            f"{self.base_url}{factory}/pipelines/{quote(pipeline, safe='')}/createRun",
+            f"{self.base_url}{factory}/pipelines/{quote(utf8_safe(pipeline), safe='')}/createRun",
             params={"api-version": API_VERSION},
             json=parameters,
             headers={

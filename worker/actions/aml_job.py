@@ -50,6 +50,7 @@ import structlog
 import worker
 from worker.actions import parse_retry_after
 from worker.errors import ActionError
+from worker.jsontext import utf8_safe
 from worker.plan import PlannedAction
 from worker.templates import Redactor, mask
 
@@ -220,6 +221,9 @@ class AmlJobExecutor:
     async def execute(self, planned: PlannedAction, params: Any) -> dict[str, Any] | None:
         workspace = _workspace_of(planned, params)
         redact = Redactor(mask(planned.params), params)
+        # Names, tags and inputs are text to the service, which may refuse a lone surrogate's
+        # JSON escape: any string an event brings becomes sendable text (DESIGN §7).
+        params = _plain_text(params)
         client = await self._client(workspace)
         submission = _Submission(client, workspace, planned, params, redact)
         facts = await asyncio.to_thread(submission.run)
@@ -231,6 +235,17 @@ class AmlJobExecutor:
                 idempotency_key=planned.key,
             )
         return facts
+
+
+def _plain_text(value: Any) -> Any:
+    """The rendered parameters with every string UTF-8-encodable (a lone surrogate: U+FFFD)."""
+    if isinstance(value, str):
+        return utf8_safe(value)
+    if isinstance(value, Mapping):
+        return {k: _plain_text(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_text(v) for v in value]
+    return value
 
 
 def _workspace_of(planned: PlannedAction, params: Mapping[str, Any]) -> Workspace:

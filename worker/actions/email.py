@@ -29,6 +29,7 @@ from worker.errors import ActionError
 from worker.events import iso_ticks
 from worker.jsontext import utf8_safe
 from worker.plan import PlannedAction
+from worker.rules import parse_mailbox
 from worker.templates import Redactor, mask
 
 __all__ = ["DEFAULT_PORTS", "EmailExecutor", "build_message", "message_id"]
@@ -38,57 +39,43 @@ log = structlog.get_logger("worker.actions")
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 DEFAULT_TIMEOUT_S = 30.0
 _SHOWN_REPLY_CHARS = 200
+_SHOWN_ENTRY_CHARS = 120
 
 
 def message_id(key: str) -> str:
     return f"<{key}@aml-event-worker>"
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _one_line(text: str) -> str:
-    """Header values never carry line breaks (a rendered subject might)."""
-    return " ".join(str(text).split())
+    """Header values never carry line breaks or other control characters (a rendered
+    subject might): each becomes a space, and runs of whitespace one space."""
+    return " ".join(_CONTROL_RE.sub(" ", str(text)).split())
 
 
-# One mailbox: `local@domain`, or `Name <local@domain>` / `"Name" <local@domain>`. No
-# whitespace, comma, semicolon, quote, bracket or control character inside the address, so
-# one rendered entry can never become two recipients or a header (DESIGN §7).
-_ADDR_SPEC = r"[^\s@<>(),;:\"\[\]\\]+@[^\s@<>(),;:\"\[\]\\]+"
-_QUOTED_NAME = r'"[^"\\\x00-\x1f\x7f]*"'
-_PLAIN_NAME = r"[^\"<>@,;:\\\x00-\x1f\x7f]*?"
-_MAILBOX_RE = re.compile(
-    rf"[ ]*(?:(?P<bare>{_ADDR_SPEC})"
-    rf"|(?P<name>{_QUOTED_NAME}|{_PLAIN_NAME})[ ]*<(?P<addr>{_ADDR_SPEC})>)[ ]*"
-)
-
-
-def _mailbox(entry: Any, field: str) -> Address:
+def _mailbox(entry: Any, field: str, redact: Redactor | None) -> Address:
     """Exactly one address, or a permanent failure naming the parameter."""
-    text = utf8_safe(str(entry))
-    match = _MAILBOX_RE.fullmatch(text)
-    if match is None or any(ord(c) < 0x20 or c == "\x7f" for c in text):
+    address = parse_mailbox(utf8_safe(str(entry)))
+    if address is None:
+        shown = (redact or Redactor({}, {})).excerpt(utf8_safe(str(entry)), _SHOWN_ENTRY_CHARS)
         raise ActionError(
-            f"email: '{field}' entry {_one_line(text)[:120]!r} is not exactly one email address "
-            "(one address per list entry; no commas, semicolons or line breaks)",
+            f"email: '{field}' entry {shown!r} is not exactly one email address "
+            "(write one address per list entry: no commas, semicolons, line breaks or quotes)",
             retryable=False,
         )
-    name = (match.group("name") or "").strip().strip('"')
-    addr = match.group("bare") or match.group("addr")
-    try:
-        return Address(display_name=name, addr_spec=addr)
-    except (ValueError, IndexError) as exc:
-        raise ActionError(
-            f"email: '{field}' holds {addr!r}, which is not an email address ({exc})",
-            retryable=False,
-        ) from None
+    return address
 
 
-def _addresses(entries: Any, field: str) -> list[Address]:
-    """`to`/`cc` entries: a list (or one string), each entry exactly one address."""
+def _addresses(entries: Any, field: str, redact: Redactor | None = None) -> list[Address]:
+    """`to`/`cc` entries: a list (or one string), each entry exactly one address; blank
+    entries (an optional recipient rendered empty) are skipped."""
     if entries is None:
         return []
     if isinstance(entries, str):
         entries = [entries]
-    return [_mailbox(entry, field) for entry in entries if str(entry).strip()]
+    return [_mailbox(entry, field, redact) for entry in entries if str(entry).strip()]
 
 
 def _summary(planned: PlannedAction) -> str:
@@ -105,14 +92,19 @@ def _summary(planned: PlannedAction) -> str:
 
 
 def build_message(
-    planned: PlannedAction, params: Any, sender: str
+    planned: PlannedAction, params: Any, sender: str, redact: Redactor | None = None
 ) -> tuple[EmailMessage, str, list[str]]:
-    """The message, the envelope sender and the envelope recipients (To + Cc, no repeats)."""
-    senders = _addresses([sender], "from")
+    """The message, the envelope sender and the envelope recipients (To + Cc, no repeats).
+
+    Each `to`/`cc`/`from` entry must be exactly one address (else a permanent ActionError
+    naming the parameter; `redact` hides secrets in it), and the subject is one line
+    without control characters: no event data adds a recipient or a header (DESIGN §7).
+    """
+    senders = _addresses([sender], "from", redact)
     if len(senders) != 1:
         raise ActionError(f"email: 'from' must be one address, not {len(senders)}", retryable=False)
-    to = _addresses(params.get("to"), "to")
-    cc = _addresses(params.get("cc"), "cc")
+    to = _addresses(params.get("to"), "to", redact)
+    cc = _addresses(params.get("cc"), "cc", redact)
     if not to and not cc:
         raise ActionError("email: 'to' names no recipient after rendering", retryable=False)
     message = EmailMessage()
@@ -201,7 +193,7 @@ class EmailExecutor:
         server = f"{host}:{port}"
 
         try:
-            message, envelope_from, recipients = build_message(planned, params, sender)
+            message, envelope_from, recipients = build_message(planned, params, sender, redact)
         except ValueError as exc:  # a header the email package refuses
             raise ActionError(
                 f"email: the message could not be built: {redact(str(exc))}", retryable=False

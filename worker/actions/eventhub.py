@@ -25,6 +25,17 @@ __all__ = ["EventHubExecutor"]
 IDEMPOTENCY_PROPERTY = "aml-worker-idempotency-key"
 
 
+def _amqp_value(value: Any) -> Any:
+    """A property value AMQP can encode whatever strings it holds (at any depth)."""
+    if isinstance(value, str):
+        return utf8_safe(value)
+    if isinstance(value, dict):
+        return {_amqp_value(k): _amqp_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_amqp_value(v) for v in value]
+    return value
+
+
 class EventHubExecutor:
     def __init__(self, settings: Settings, *, credential: Any = None) -> None:
         self.settings = settings
@@ -91,8 +102,7 @@ class EventHubExecutor:
         if partition_key is not None:
             partition_key = utf8_safe(str(partition_key))
         properties = {
-            utf8_safe(str(k)): utf8_safe(v) if isinstance(v, str) else v
-            for k, v in (params.get("properties") or {}).items()
+            utf8_safe(str(k)): _amqp_value(v) for k, v in (params.get("properties") or {}).items()
         }
         properties[IDEMPOTENCY_PROPERTY] = planned.key
         if tracing.enabled() and not tracing.azure_sdk_traced():

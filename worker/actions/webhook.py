@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -31,7 +32,7 @@ from worker import tracing
 from worker.actions import parse_retry_after
 from worker.errors import ActionError
 from worker.events import Event, Schema, iso_ticks
-from worker.jsontext import dumps_bytes, text_bytes
+from worker.jsontext import dumps_bytes, text_bytes, utf8_safe
 from worker.plan import PlannedAction
 from worker.templates import Redactor, mask
 
@@ -130,6 +131,16 @@ def request_body(event: Event, params: Mapping[str, Any]) -> tuple[bytes | None,
     if params.get("schema") == "cloudevents":
         return _json_bytes(cloudevent_of(event)), CLOUDEVENTS_CONTENT_TYPE
     return _json_bytes([eventgrid_of(event)]), JSON_CONTENT_TYPE
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _header_value(value: Any) -> str:
+    """A header value as one line of text (DESIGN §7): a line break or other control
+    character from event data becomes a space, so it can never start another header, and a
+    lone surrogate becomes U+FFFD."""
+    return _CONTROL_RE.sub(" ", utf8_safe(str(value)))
 
 
 def _method(params: Mapping[str, Any]) -> str:
@@ -248,8 +259,8 @@ class WebhookExecutor:
         shown = mask(planned.params)
         redact = Redactor(shown, params)
         method = _method(params)
-        url = str(params["url"]).strip()
-        shown_url = shown["url"]
+        url = utf8_safe(str(params["url"]).strip())  # a lone surrogate: U+FFFD, quoted
+        shown_url = utf8_safe(str(shown["url"]))
         what = f"webhook {method} {shown_url}"
         timeout_s = params.get("timeout")
         timeout_s = DEFAULT_TIMEOUT_S if timeout_s is None else float(timeout_s)
@@ -263,7 +274,7 @@ class WebhookExecutor:
         if content_type is not None:
             headers["Content-Type"] = content_type
         for name, value in (params.get("headers") or {}).items():
-            headers[str(name)] = str(value)
+            headers[str(name)] = _header_value(value)
         headers["Idempotency-Key"] = planned.key
         secret = params.get("hmac_secret")
         if secret:
@@ -298,7 +309,7 @@ class WebhookExecutor:
         redact: Redactor,
         span: Any,
     ) -> dict[str, Any]:
-        shown_url = shown["url"]
+        shown_url = utf8_safe(str(shown["url"]))
         what = f"webhook {method} {shown_url}"
         phase = "sending the request"
         try:
