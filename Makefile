@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(VENV)/bin/hadolint Dockerfile
 
 test: lint $(AZURITE)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2
 
 demo: $(STAMP) $(AZURITE)
 	$(PY) scripts/demo.py

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ from worker.rules import parse_rules
 
 FULL = os.environ.get("AML_WORKER_FUZZ") == "full"
 RUN_EXAMPLES = 12 if FULL else 1
-PIPELINE_EXAMPLES = 20_000 if FULL else 300
+PIPELINE_EXAMPLES = 5_000 if FULL else 300
 GENERATED_PER_RUN = 60
 OUTCOMES = ["foreign_topic", "unknown_type", "duplicate", "stale", "unmatched", "matched"]
 FIGURES: dict[str, Any] = {"run": [], "pipeline": {}}
@@ -74,18 +73,18 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def figures():
     yield FIGURES
     if FULL:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from common import machine_facts
+
+        document = {
+            "bench": "fuzz",
+            "command": "make fuzz  # AML_WORKER_FUZZ=full pytest -q tests/test_fuzz.py",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine_facts(),
+            **FIGURES,
+        }
         out = ROOT / "bench" / "results" / "fuzz.json"
-        FIGURES.update(
-            {
-                "command": "make fuzz",
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": {
-                    "cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(),
-                },
-            }
-        )
-        out.write_text(json.dumps(FIGURES, indent=2) + "\n")
+        out.write_text(json.dumps(document, indent=2) + "\n")
 
 
 @settings(
@@ -142,10 +141,10 @@ def test_run_accounts_for_every_hostile_body(tmp_path_factory, azurite, figures,
                 for value in SECRET_ENV.values():
                     assert value not in text
             # Each matched event: a log action and a webhook; every webhook that was done
-            # reached the peer (its key at least once), and none other did.
+            # reached the peer once (it answers 202: no retry), and none other did. (Two
+            # can share a key: one event id delivered on two partitions.)
             webhooks_done = summary["actions_dispatched"] - summary["planned"] // 2
-            keys = {r["headers"]["Idempotency-Key"] for r in peer.requests}
-            assert len(keys) == webhooks_done
+            assert len(peer.requests) == webhooks_done
 
             checkpoints = asyncio_run(env.checkpoints())
             last = _last_sequence_numbers(env)

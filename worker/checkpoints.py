@@ -45,7 +45,7 @@ from azure.storage.blob import BlobBlock, BlockState
 from azure.storage.blob.aio import ContainerClient
 
 from worker.errors import CheckpointError
-from worker.jsontext import dumps, dumps_bytes, utf8_safe
+from worker.jsontext import dumps, dumps_bytes, nested_deeper_than, utf8_safe
 from worker.state import Mark, decode_records, encode_record
 
 __all__ = ["BlobPartitionStore", "StateFenced", "StateHandle", "encode_dead_letters"]
@@ -356,16 +356,7 @@ MAX_DEAD_LETTER_DEPTH = 200
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, Mapping):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((v, depth + 1) for v in item)
-    return False
+    return nested_deeper_than(value, limit + 1)  # the record itself is level 0 here
 
 
 def _readable(record: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.events import MISSING, Event, Origin, Rejection, decode_body, iso_ticks
-from worker.jsontext import dumps
+from worker.jsontext import dumps, nested_deeper_than
 from worker.plan import PlannedAction, plan_rule
 from worker.rules import Rule, RuleSet
 
@@ -26,22 +26,9 @@ _MAX_SHOWN_DEPTH = 64
 def _shown(value: Any) -> Any:
     if value is MISSING:
         return "<missing>"
-    if isinstance(value, dict | list) and _deeper_than(value, _MAX_SHOWN_DEPTH):
+    if isinstance(value, dict | list) and nested_deeper_than(value, _MAX_SHOWN_DEPTH):
         return dumps(value)
     return value
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-    return False
 
 
 def explain_events(ruleset: RuleSet, body: bytes) -> tuple[list[dict[str, Any]], list[Rejection]]:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from json.encoder import encode_basestring
 from typing import Any
 
-__all__ = ["dumps", "dumps_bytes", "text_bytes", "utf8_safe"]
+__all__ = ["dumps", "dumps_bytes", "nested_deeper_than", "text_bytes", "utf8_safe"]
 
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
@@ -108,6 +109,21 @@ def _dumps_deep(obj: Any, default: Any) -> str:
         else:
             push(default(item))
     return "".join(out)
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a JSON value nests past `limit` levels (the value itself is level 1).
+    Iterative, so it answers for any depth a decoder accepted."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, Mapping):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 def dumps_bytes(obj: Any, *, default: Any = str) -> bytes:
