@@ -701,3 +701,9 @@ async def test_no_error_excerpt_holds_a_piece_of_a_secret(
     known += " " + " ".join(before.split()) + " " + " ".join(after.split())
     assert_no_fragment(secret, text, known=known)
     assert_no_fragment(echoed[16:] if form == "basic" else echoed, text, known=known)
+
+
+def test_an_absurd_retry_after_date_is_no_hint_not_a_crash() -> None:
+    from worker.actions import parse_retry_after
+
+    assert parse_retry_after("Mon, 01 Jan 99999999999999999999 00:00:00 GMT") is None

@@ -561,12 +561,12 @@ def test_explain_json_shows_a_value_nested_too_deep_as_its_text(tmp_path, capsys
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES.replace("GRACE", "0s"))
     event = tmp_path / "event.json"
-    event.write_text(json.dumps(eg(data={"note": "@"})).replace('"@"', deep_json(600, '"a"')))
+    event.write_text(json.dumps(eg(data={"note": "@"})).replace('"@"', deep_json(150, '"a"')))
     assert main(["explain", "--rules", str(rules), "--json", str(event)]) == 0
     report = json.loads(capsys.readouterr().out)
     strings = next(r for r in report["rules"] if r["rule"] == "strings")
     shown = strings["clauses"][0]["looked_at"]
-    assert shown == deep_json(600, '"a"')  # the value, as compact JSON text
+    assert shown == deep_json(150, '"a"')  # the value, as compact JSON text
 
 
 # --- properties: generated hostile bodies -----------------------------------------------------

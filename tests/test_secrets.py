@@ -116,7 +116,7 @@ def test_an_empty_or_missing_value_is_a_render_error_not_an_empty_credential() -
     "source", ['{{ "${TOKEN}" }}', '{% set x = "${TOKEN}" %}{{ x }}', "{{ data.a ~ '${TOKEN}' }}"]
 )
 def test_a_reference_inside_an_expression_is_a_load_error(source: str) -> None:
-    with pytest.raises(TemplateSyntaxError, match="outside"):
+    with pytest.raises(TemplateSyntaxError, match=r"outside|may not use"):
         Template.compile(source)
 
 
@@ -219,3 +219,26 @@ def test_run_sends_no_secret_an_event_asks_for(tmp_path, dev_hub, azurite) -> No
                     assert value not in output
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% set x %}${TOKEN}{% endset %}{{ x }}",
+        "{% filter upper %}${TOKEN}{% endfilter %}",
+        '{% filter replace("RUN", data.run) %}https://h/RUN?k=${TOKEN}{% endfilter %}',
+        "{% macro m() %}${TOKEN}{% endmacro %}{{ m() }}",
+    ],
+)
+def test_tags_that_capture_or_filter_text_cannot_hold_a_secret(source: str) -> None:
+    """Captured or filtered text bypasses the escaping of data: a filter block's arguments
+    could forge a marker, a captured one could print the nonce. Refused at load."""
+    with pytest.raises(TemplateSyntaxError, match="may not use"):
+        Template.compile(source)
+
+
+def test_a_marker_the_template_itself_altered_is_a_render_error() -> None:
+    from worker.templates import RenderError, _split_rendered
+
+    with pytest.raises(RenderError, match="altered"):
+        _split_rendered("https://h/\ue000forged\ue001", frozenset({"TOKEN"}))

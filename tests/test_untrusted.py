@@ -20,6 +20,7 @@ from tests.hostile import hostile_bodies
 from tests.hostile_corpus import CASES, SECRET_ENV, body_lines, rules_text
 from worker.cli import main
 from worker.events import Origin
+from worker.jsontext import dumps_bytes
 from worker.pipeline import PartitionPipeline
 from worker.rules import parse_rules
 
@@ -169,3 +170,29 @@ def test_a_far_future_event_cannot_stop_throttle_clean_up() -> None:
         pipeline.feed(json.dumps(event).encode(), Origin("0", str(i), i, moment))
     # One window per object that fired within the last minute, not one per object ever.
     assert len(pipeline.throttler) <= 62
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"data": {"x": _nested(300)}}, "nested deeper than 200 levels"),
+        ({"subject": "s" * 5000}, "'subject' is 5,000 characters long"),
+        ({"topic": TOPIC + "/" * 4097}, "'topic' is 4,"),
+    ],
+)
+def test_what_would_poison_saved_state_or_memory_is_an_invalid_element(event, reason) -> None:
+    """A value nested deeper than saved state can be read back, or a field long enough to
+    fill the dedupe memory, is rejected at decode; its siblings still flow."""
+    bad = eg("bad", **event)
+    body = dumps_bytes([bad, eg("good", subject="runs/good")])
+    pipeline = PartitionPipeline(_ruleset())
+    step = pipeline.feed(body, Origin("0", "0", 0))
+    assert len(step.rejections) == 1 and reason in step.rejections[0].reason
+    assert [a.event.id for a in step.actions] == ["good", "good"]

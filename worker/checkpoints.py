@@ -167,7 +167,7 @@ class BlobPartitionStore:
         handle.blocks = [b.id for b in block_list]
         try:
             handle.records = list(decode_records(data))
-        except (ValueError, json.JSONDecodeError, zlib.error) as exc:
+        except (ValueError, json.JSONDecodeError, zlib.error, RecursionError) as exc:
             log.warning("state_unreadable", blob=blob_name, error=str(exc))
             handle.records = []
         return handle

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from worker.jsontext import dumps_bytes
+from worker.jsontext import dumps_bytes, nested_deeper_than
 
 __all__ = [
     "MISSING",
@@ -188,6 +188,8 @@ def fold_topic(topic: str) -> str:
     folded = _FOLDED_TOPICS.get(topic)
     if folded is None:
         folded = topic.casefold()
+        if len(topic) > 256:  # not a real one: no memory for it (DESIGN §7)
+            return folded
         if len(_FOLDED_TOPICS) >= 4096:
             _FOLDED_TOPICS.clear()
         _FOLDED_TOPICS[topic] = folded
@@ -202,6 +204,8 @@ def fold_type(event_type: str) -> str:
     folded = _FOLDED_TYPES.get(event_type)
     if folded is None:
         folded = event_type.casefold()
+        if len(event_type) > 256:  # not a real one: no memory for it (DESIGN §7)
+            return folded
         if len(_FOLDED_TYPES) >= 4096:
             _FOLDED_TYPES.clear()
         _FOLDED_TYPES[event_type] = folded
@@ -452,15 +456,23 @@ def decode_body(
         elements: Iterator[tuple[int | None, Any]] = iter(enumerate(document))
     else:
         elements = iter([(None, document)])
+    # Depth is checked only where it could be exceeded (a fast count of the brackets): a
+    # value nested that deep can be decoded, but not saved and read back (state, dead
+    # letters are read by recursive decoders), so it would poison the partition's state.
+    deep = raw_bytes.count(b"[") + raw_bytes.count(b"{") > MAX_DEPTH
     for index, element in elements:
         unusable = _unusable_in(element) if strict else None
         if unusable is not None:
             result = f"not standard JSON: {unusable.reason}"
+        elif deep and nested_deeper_than(element, MAX_DEPTH):
+            result = f"nested deeper than {MAX_DEPTH} levels"
         else:
             try:
                 result = _decode_one(element, origin, default_time)
             except Exception as exc:  # one element's failure is its own (DESIGN §7)
                 result = f"not a usable event ({type(exc).__name__}: {_first_line(exc)})"
+            if type(result) is Event:
+                result = _within_limits(result)
         if isinstance(result, str):
             element_body = raw_bytes if index is None else _dump(element)
             rejections.append(Rejection(result, origin, index, element_body))
@@ -468,6 +480,25 @@ def decode_body(
             events.append(result)
             default_time = (result.time, result.time_ticks)
     return events, rejections
+
+
+# Bounds on what one event may make the worker remember (DESIGN §7): ids, topics, subjects
+# and types are kept per object and per id for the dedupe window and saved with the state;
+# Azure ML's are far shorter (ARM ids stay under 1 KiB).
+MAX_FIELD_CHARS = 4096
+MAX_DEPTH = 200
+
+
+def _within_limits(event: Event) -> Event | str:
+    for name, value in (
+        ("id", event.id),
+        ("topic", event.topic),
+        ("subject", event.subject),
+        ("type", event.type),
+    ):
+        if len(value) > MAX_FIELD_CHARS:
+            return f"'{name}' is {len(value):,} characters long; the limit is {MAX_FIELD_CHARS:,}"
+    return event
 
 
 def _first_line(exc: BaseException) -> str:

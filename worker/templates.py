@@ -178,6 +178,7 @@ def _split_rendered(text: str, declared: frozenset[str]) -> SecretText:
     literal: list[str] = []
     position = 0
     for match in _SPLIT_RE.finditer(text):
+        _check_literal(text[position : match.start()])
         literal.append(text[position : match.start()])
         position = match.end()
         escaped, name = match.groups()
@@ -190,6 +191,7 @@ def _split_rendered(text: str, declared: frozenset[str]) -> SecretText:
             parts.append("".join(literal))
             literal = []
         parts.append(SecretRef(name))
+    _check_literal(text[position:])
     literal.append(text[position:])
     tail = "".join(literal)
     if tail:
@@ -197,15 +199,37 @@ def _split_rendered(text: str, declared: frozenset[str]) -> SecretText:
     return SecretText(tuple(parts))
 
 
+def _check_literal(text: str) -> None:
+    """Outside markers and escapes no marker character can remain: expression output is
+    escaped, so one here means the template itself rewrote a marker. Never guess then."""
+    if any(char in text for char in _RESERVED):
+        raise RenderError("the template altered a ${NAME} secret reference; nothing was sent")
+
+
+# Tags whose output does not pass through `finalize` as written (captured, called or
+# filtered text): a template that names a secret may not use them (DESIGN §7).
+_CAPTURING_TAGS = frozenset({"set", "macro", "call", "filter", "block"})
+
+
 def _check_marker_positions(environment: SandboxedEnvironment, marked: str) -> None:
     """References must sit in the template's text, not inside `{{ }}`/`{% %}`: only there
     does the rendered output carry them as written (a reference inside an expression would
-    become data, e.g. a string constant, and be escaped like data)."""
-    for lineno, kind, value in environment.lex(marked):
+    become data, e.g. a string constant, and be escaped like data). And no tag may capture
+    or filter text: its arguments and its output would bypass the escaping of data."""
+    tokens = list(environment.lex(marked))
+    for index, (lineno, kind, value) in enumerate(tokens):
         if kind != "data" and _MARK_OPEN in value:
             raise TemplateSyntaxError(
                 "a ${NAME} secret reference must be outside {{ }}, {% %} and {# #}", lineno
             )
+        if kind == "block_begin":
+            name = next((v for _, k, v in tokens[index + 1 :] if k != "whitespace"), "")
+            if name in _CAPTURING_TAGS:
+                raise TemplateSyntaxError(
+                    f"a template that names a ${{NAME}} secret may not use {{% {name} %}}: "
+                    "put the secret in a parameter of its own",
+                    lineno,
+                )
 
 
 # A direct template: literal text (str) and references (a tuple of names), in order.

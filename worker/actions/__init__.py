@@ -70,10 +70,10 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
         pass
     else:
         return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    try:
+    try:  # a peer is untrusted: any date it writes, however absurd, means "no hint"
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())

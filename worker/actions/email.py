@@ -42,6 +42,9 @@ _SHOWN_REPLY_CHARS = 200
 _SHOWN_ENTRY_CHARS = 120
 
 
+MAX_SUBJECT_CHARS = 998
+
+
 def message_id(key: str) -> str:
     return f"<{key}@aml-event-worker>"
 
@@ -114,7 +117,9 @@ def build_message(
     if cc:
         message["Cc"] = cc
     subject = params.get("subject") or f"Azure ML event {planned.event.type}"
-    message["Subject"] = utf8_safe(_one_line(subject))
+    # RFC 5322's line limit: a longer subject (event data, say) costs the event loop
+    # seconds of header folding and no reader would see it anyway.
+    message["Subject"] = utf8_safe(_one_line(subject))[:MAX_SUBJECT_CHARS]
     message["Date"] = format_datetime(datetime.now(UTC), usegmt=True)
     message["Message-ID"] = message_id(planned.key)
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please

@@ -121,7 +121,7 @@ def request_body(event: Event, params: Mapping[str, Any]) -> tuple[bytes | None,
     if isinstance(body, str):
         try:
             json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return text_bytes(body), TEXT_CONTENT_TYPE
         return text_bytes(body), JSON_CONTENT_TYPE
     if body is not None:
