@@ -236,3 +236,14 @@ async def test_concurrent_ledger_writers_merge(blob_store):
     check = Ledger(blob_store, "2", 3600)
     await check.load()
     assert a.key in check and b.key in check
+
+
+async def test_an_unexpected_exception_quoting_a_secret_is_redacted_in_its_dead_letter():
+    """Executors redact their own ActionErrors; a bug's exception text may quote what was
+    sent, so delivery redacts it too, before cutting it (DESIGN §7)."""
+    target = Target([RuntimeError("request to https://x.example.com with A=s3cret failed")])
+    rec = Recorder()
+    (planned,) = planned_actions(WEBHOOK, eg("a"))
+    assert await delivery(target, rec).run_one(planned) == "dead_lettered"
+    text = json.dumps(rec.dead)
+    assert "s3cret" not in text and "RuntimeError: request to" in text

@@ -30,7 +30,7 @@ from worker.actions import Executor
 from worker.checkpoints import BlobPartitionStore, StateHandle
 from worker.errors import ActionError, CheckpointError
 from worker.plan import PlannedAction
-from worker.templates import RenderError, mask, reveal
+from worker.templates import Redactor, RenderError, mask, reveal
 
 __all__ = ["LEDGER_TYPES", "Delivery", "Ledger", "Limits"]
 
@@ -290,11 +290,10 @@ class Delivery:
             except Exception as exc:
                 if not _retryable(exc) or attempts >= retry.attempts:
                     # after the last attempt, or a permanent error
-                    await self._give_up(planned, _describe(exc), attempts)
+                    detail = _describe(exc, planned, params)
+                    await self._give_up(planned, detail, attempts)
                     if span is not None:
-                        tracing.action_done(
-                            span, "dead_lettered", attempts, _describe(exc), _kind(exc)
-                        )
+                        tracing.action_done(span, "dead_lettered", attempts, detail, _kind(exc))
                     return "dead_lettered"
                 await self._pause(planned, span, attempts, exc)
         if self.ledger is not None and planned.action.type in LEDGER_TYPES:
@@ -327,7 +326,9 @@ class Delivery:
         if self.metrics is not None:
             self.metrics.retries.labels(planned.action.type).inc()
         if span is not None:
-            tracing.action_retry(span, attempt, _describe(error))
+            # An unexpected exception's text is not redacted here: its type name only.
+            shown = str(error) if isinstance(error, ActionError) else type(error).__name__
+            tracing.action_retry(span, attempt, shown)
         log.debug(
             "action_retry",
             rule=planned.rule,
@@ -407,6 +408,12 @@ def _kind(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, planned: PlannedAction, params: Any) -> str:
+    """An action's failure, for its dead letter, log and span. Executors word (and redact)
+    their own `ActionError`s; anything else is an unexpected exception whose text may quote
+    what was sent, so it is redacted here, then cut (DESIGN §7)."""
     text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, ActionError) else f"{type(exc).__name__}: {text}"
+    if isinstance(exc, ActionError):
+        return text
+    redact = Redactor(mask(planned.params), params)
+    return redact.excerpt(f"{type(exc).__name__}: {text}", 500)
