@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -56,17 +55,6 @@ def _sendable(body: bytes) -> bool:
     """`send` reads one body per line (as bytes: invalid UTF-8 goes as it is); a body with
     a raw line break cannot be a line, nor a blank one a message (the pure fuzz has them)."""
     return b"\n" not in body and b"\r" not in body and not body.isspace() and body != b""
-
-
-def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +107,7 @@ def test_run_accounts_for_every_hostile_body(tmp_path_factory, azurite, figures,
             assert sum(summary[o] for o in OUTCOMES) == summary["events"], summary
             assert summary["dead_letter_write_failures"] == 0
 
-            listed = _cli(env.env, "deadletter", "list", "--json")
+            listed = env.cli("deadletter", "list", "--json")
             assert listed.returncode == 0, listed.stderr
             dead = json.loads(listed.stdout)
             expected_dead = (

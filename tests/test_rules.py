@@ -480,15 +480,7 @@ def test_a_rules_file_over_one_mebibyte_is_refused_before_it_is_parsed(tmp_path,
     assert load_rules(path).rules[0].name == "r"
 
 
-EMPTY_SECRET_RULES = """
-rules:
-  - name: r
-    actions:
-      - type: webhook
-        url: https://hooks.example.com/x
-        headers: {Authorization: "Bearer ${HOOK_TOKEN}"}
-        hmac_secret: "${HOOK_TOKEN}"
-"""
+EMPTY_SECRET_RULES = SECRET_RULES + '        hmac_secret: "${HOOK_TOKEN}"\n'
 
 
 def test_an_empty_secret_is_a_located_error_naming_where_it_is_used():

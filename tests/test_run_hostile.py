@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -52,14 +50,8 @@ def _send(env: Env, tmp_path: Path, lines: list[str]) -> None:
 
 
 def _dead_letter_list(env: Env) -> list[dict[str, Any]]:
-    listed = subprocess.run(
-        [sys.executable, "-m", "worker", "deadletter", "list", "--json"],
-        env=env.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    listed = env.cli("deadletter", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
     return json.loads(listed.stdout)
 
 
@@ -108,23 +100,9 @@ def test_hostile_messages_are_dead_lettered_and_the_partition_flows(env, tmp_pat
     (render,) = [r for r in records if r["kind"] == "render_error"]
     assert render["subject"] == "\udc80" and render["rule"] == "strict"
 
-    table = subprocess.run(
-        [sys.executable, "-m", "worker", "deadletter", "list"],
-        env=env.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    table = env.cli("deadletter", "list")
     assert table.returncode == 0 and len(table.stdout.splitlines()) == 8005, table.stderr
-    history = subprocess.run(
-        [sys.executable, "-m", "worker", "history", "--event-id", "surrogate"],
-        env=env.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    history = env.cli("history", "--event-id", "surrogate")
     assert history.returncode == 0 and "render_error" in history.stdout, history.stderr
 
 

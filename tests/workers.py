@@ -79,6 +79,17 @@ class Env:
             "AML_WORKER_HTTP_HOST": "127.0.0.1",
         }
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`aml-event-worker ARGS` against this hub and container (exit code not checked)."""
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
     def send(self, path: Path, *extra: str) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "worker", "send", str(path), *extra],

@@ -34,7 +34,13 @@ from worker import tracing
 from worker.actions import Executor, missing_executors
 from worker.checkpoints import BlobPartitionStore, StateFenced, StateHandle
 from worker.delivery import LEDGER_TYPES, Delivery, Ledger, Limits
-from worker.errors import CheckpointError, ConfigError, UnreachableError, WorkerError
+from worker.errors import (
+    CheckpointError,
+    ConfigError,
+    UnreachableError,
+    WorkerError,
+    exception_summary,
+)
 from worker.events import Origin, restore_event
 from worker.health import HealthServer, Metrics
 from worker.jsontext import dumps
@@ -170,7 +176,9 @@ class PartitionWorker:
             sequencer = Sequencer.restore(config, [r["sequencer"] for r in records[start:]])
             throttler = Throttler.restore(records[-1].get("throttle", []) if records else [])
         except (KeyError, TypeError, OverflowError) as exc:
-            self.log.warning("state_discarded", reason=f"unreadable state ({_first_line(exc)})")
+            self.log.warning(
+                "state_discarded", reason=f"unreadable state ({exception_summary(exc, 300)})"
+            )
             sequencer, throttler = Sequencer(config), Throttler()
         # A ValueError (state written by a newer worker) propagates: never overwrite it.
         sequencer.resume(datetime.now(UTC))  # restored held events wait `grace` from now
@@ -377,7 +385,7 @@ class PartitionWorker:
                 try:
                     tick = self.pipeline.tick(now)
                 except Exception as exc:  # the held events stay held: tried again next batch
-                    self.log.error("release_failed", error=_first_line(exc))
+                    self.log.error("release_failed", error=exception_summary(exc, 300))
                     tick = Step()
                 with contextlib.suppress(Exception):
                     self.consumer.metrics.step(self.partition_id, tick)
@@ -467,7 +475,7 @@ class PartitionWorker:
                 self._dispatch(decision)
             except Exception as exc:  # never leave an event unfinished: dead-letter it
                 self.log.warning(
-                    "dispatch_failed", event_id=decision.event.id, error=_first_line(exc)
+                    "dispatch_failed", event_id=decision.event.id, error=exception_summary(exc, 300)
                 )
                 await self._dead_letters(
                     f"{decision.event.sequence_number}-dispatch-"
@@ -573,7 +581,7 @@ class PartitionWorker:
                     "dead_letter_write_failed",
                     dead_letter=name,
                     records=len(records),
-                    error=_first_line(exc),
+                    error=exception_summary(exc, 300),
                     retry_in_s=round(wait, 2),
                     message="the checkpoint stays before this message until it is written",
                 )
@@ -675,11 +683,6 @@ class DeadLetterUnwritten(Exception):
     """A dead letter could not be written before the partition closed."""
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
-
-
 def _digest(text: str) -> str:
     """A short, stable hex digest of any string (lone surrogates included)."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -701,7 +704,7 @@ def _fallback_record(kind: str, item: Any, exc: Exception, partition_id: str) ->
         source = {"partition_id": partition_id}
     return {
         "kind": kind,
-        "reason": f"the dead-letter record could not be built ({_first_line(exc)})",
+        "reason": f"the dead-letter record could not be built ({exception_summary(exc, 300)})",
         "source": source,
     }
 
@@ -710,7 +713,7 @@ def _message_failure(event_data: Any, partition_id: str, exc: Exception) -> dict
     """A message the pipeline raised on: its coordinates and bytes, for a dead letter."""
     record: dict[str, Any] = {
         "kind": "invalid_body",
-        "reason": f"the message could not be processed ({_first_line(exc)})",
+        "reason": f"the message could not be processed ({exception_summary(exc, 300)})",
         "source": {
             "partition_id": partition_id,
             "offset": str(event_data.offset),
@@ -732,7 +735,7 @@ def _pending_failure(item: Any, exc: Exception, partition_id: str) -> dict[str, 
     """A saved in-flight event that cannot be restored: dead-lettered as it was saved."""
     record: dict[str, Any] = {
         "kind": "processing_error",
-        "reason": f"a saved in-flight event could not be restored ({_first_line(exc)})",
+        "reason": f"a saved in-flight event could not be restored ({exception_summary(exc, 300)})",
         "source": {"partition_id": partition_id},
         "pending": item,
     }
@@ -747,7 +750,7 @@ def _event_failure(decision: Decision, exc: Exception, partition_id: str) -> dic
     event = decision.event
     record: dict[str, Any] = {
         "kind": "processing_error",
-        "reason": f"the event could not be dispatched ({_first_line(exc)})",
+        "reason": f"the event could not be dispatched ({exception_summary(exc, 300)})",
     }
     try:
         record.update(

@@ -26,6 +26,7 @@ __all__ = [
     "SourceError",
     "UnreachableError",
     "WorkerError",
+    "exception_summary",
 ]
 
 
@@ -88,3 +89,16 @@ class ActionError(WorkerError):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+
+
+def exception_summary(exc: BaseException | str, limit: int = 200) -> str:
+    """`Type: first line of its message`, cut to `limit`: what dead letters and logs say of
+    an unexpected exception. Never raises, even for an exception that cannot print itself."""
+    if isinstance(exc, str):
+        return exc
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    first = text.splitlines()[0][:limit] if text.strip() else ""
+    return f"{type(exc).__name__}: {first}"

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from worker.errors import exception_summary
 from worker.jsontext import dumps_bytes, nested_deeper_than
 
 __all__ = [
@@ -470,7 +471,7 @@ def decode_body(
             try:
                 result = _decode_one(element, origin, default_time)
             except Exception as exc:  # one element's failure is its own (DESIGN §7)
-                result = f"not a usable event ({type(exc).__name__}: {_first_line(exc)})"
+                result = f"not a usable event ({exception_summary(exc)})"
             if type(result) is Event:
                 result = _within_limits(result)
         if isinstance(result, str):
@@ -502,8 +503,8 @@ def _within_limits(event: Event) -> Event | str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text[:200]
+    """The message part of `exception_summary` (the type name is said by the caller)."""
+    return exception_summary(exc).partition(": ")[2]
 
 
 def _dump(element: Any) -> bytes:

@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from worker.errors import exception_summary
 from worker.events import Event, Origin, Rejection, decode_body
 from worker.jsontext import dumps_bytes
 from worker.ordering import OrderingConfig, Released, Sequencer
@@ -101,17 +102,6 @@ class Summary:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def _reason(exc: BaseException | str) -> str:
-    if isinstance(exc, str):
-        return exc
-    try:
-        text = str(exc)
-    except Exception:  # an exception that cannot even say what it is
-        text = ""
-    first = text.splitlines()[0][:200] if text else ""
-    return f"{type(exc).__name__}: {first}"
-
-
 def _rejected(event: Event, exc: Exception) -> Rejection:
     """An event the pipeline could not take in, as an invalid element (dead-lettered)."""
     try:
@@ -119,7 +109,7 @@ def _rejected(event: Event, exc: Exception) -> Rejection:
     except Exception:  # the reason and the coordinates must do
         body = b""
     return Rejection(
-        f"event {event.id!r} could not be processed ({_reason(exc)})",
+        f"event {event.id!r} could not be processed ({exception_summary(exc)})",
         event.origin,
         None,
         body,
@@ -128,7 +118,7 @@ def _rejected(event: Event, exc: Exception) -> Rejection:
 
 def _failed(rule: Rule, event: Event, exc: Exception | str) -> list[RenderFailure]:
     """Every action of a rule that failed on this event, as dead letters with the reason."""
-    error = f"processing failed ({_reason(exc)})"
+    error = f"processing failed ({exception_summary(exc)})"
     return [
         RenderFailure(
             rule.name,
